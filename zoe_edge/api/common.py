@@ -1,0 +1,66 @@
+"""What every front shares: reading a JSON body, pydantic errors as readable messages, app keys."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from zoe_edge.config import Settings
+from zoe_edge.errors import InvalidRequest, PayloadTooLarge
+from zoe_edge.registry import Registry
+from zoe_edge.supervisor import Supervisor
+
+SETTINGS = web.AppKey("settings", Settings)
+REGISTRY = web.AppKey("registry", Registry)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON; 413 over the configured size, 400 when it is not JSON."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(
+            f"request body is larger than the {request.app[SETTINGS].max_body_bytes} byte limit", code="request_too_large"
+        ) from exc
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidRequest("request body is not valid UTF-8", code="invalid_json") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_body(model: type[M], data: Any) -> M:
+    """Validate a parsed body; the first problem becomes a 400 naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"request body must be a JSON object, got {type(data).__name__}", code="invalid_type")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # union members each report; the shortest location is the field the client actually sent
+        first = min(errors, key=lambda e: len(e["loc"]))
+        where = _field_path(tuple(p for p in first["loc"] if not _is_union_tag(p)))
+        msg = first["msg"].removeprefix("Value error, ")
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise InvalidRequest(f"{where or 'body'}: {msg}{more}", param=where or None, code="invalid_value") from None
+
+
+def _is_union_tag(part: int | str) -> bool:
+    # pydantic names union branches like "str" or "list[str]" in the location; clients never wrote those
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool", "dict", "list"} or "[" in part)

@@ -1,0 +1,93 @@
+"""Request ids, API-key auth, and errors rendered in the caller's wire format; one log line per request."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from zoe_edge.api import openai
+from zoe_edge.api.common import SETTINGS
+from zoe_edge.errors import (
+    Forbidden,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    ZoeError,
+)
+
+log = logging.getLogger("zoe_edge.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# reachable without a key: liveness probes from systemd or a load balancer carry none
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> ZoeError:
+    if isinstance(exc, web.HTTPNotFound):
+        return ModelNotFound(f"no such endpoint: {request.method} {request.path}", code="unknown_url")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return InvalidRequest(f"{request.method} is not allowed on {request.path}", code="method_not_allowed")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("request body is too large")
+    if exc.status == 403:
+        return Forbidden(exc.reason)
+    err = ZoeError(exc.reason)
+    err.status = exc.status
+    return err
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, error rendering and the access log line, outermost so it sees every outcome."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request["request_id"] = request_id
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ZoeError as exc:
+        response = openai.error_response(exc)
+        _log_error(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = _from_http(exc, request)
+        response = openai.error_response(err)
+        _log_error(request, err)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    log.info(
+        "%s %s %d %.1fms id=%s model=%s",
+        request.method, request.path, response.status, (time.perf_counter() - started) * 1000,
+        request_id, request.get("zoe_model", "-"),
+    )
+    return response
+
+
+def _log_error(request: web.Request, exc: ZoeError) -> None:
+    level = logging.ERROR if exc.status >= 500 else logging.WARNING
+    log.log(level, "%s %s -> %d %s: %s (id=%s)", request.method, request.path, exc.status,
+            exc.code or exc.type, exc.message, request["request_id"])
+
+
+@web.middleware
+async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = request.app[SETTINGS].api_key
+    if key is None or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    # constant time, so response timing reveals nothing about how much of the key matched
+    if not hmac.compare_digest(presented.strip().encode(), key.get_secret_value().encode()):
+        raise Unauthorized("invalid API key")
+    return await handler(request)

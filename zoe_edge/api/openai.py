@@ -1,0 +1,389 @@
+"""The OpenAI wire format: request models -> canonical request, canonical events -> responses.
+
+This module is the only place that knows what OpenAI JSON and SSE look like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR, parse_body, read_json
+from zoe_edge.canonical import (
+    ErrorEvent,
+    Event,
+    Finish,
+    GenerationRequest,
+    Message,
+    OutputConstraint,
+    Sampling,
+    TextDelta,
+)
+from zoe_edge.errors import ZoeError
+from zoe_edge.registry import model_path
+from zoe_edge.routing.resolve import resolve_model, with_model_defaults
+
+log = logging.getLogger("zoe_edge.api")
+
+MAX_STOP = 16
+
+# --- request models ---------------------------------------------------------------------------
+
+
+class _Lenient(BaseModel):
+    # clients send fields we do not use (logit_bias, metadata, store, ...); accept and ignore them
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class JSONSchemaSpec(_Lenient):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_present(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object with a 'schema'")
+        return self
+
+    def constraint(self) -> OutputConstraint | None:
+        if self.type == "json_object":
+            return OutputConstraint(kind="json")
+        if self.type == "json_schema":
+            assert self.json_schema is not None
+            return OutputConstraint(kind="json_schema", json_schema=self.json_schema.schema_)
+        return None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class _CommonParams(_Lenient):
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    n: int = Field(default=1, ge=1, le=1, description="one choice per request: the model decodes one sequence")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(default=None, max_length=256)
+    # llama.cpp-server extensions that OpenAI clients pass through extra_body
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, gt=0.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else value
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return stops
+
+    def sampling(self) -> Sampling:
+        return Sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=None if self.seed is None else self.seed % 2**32,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_CommonParams):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    logprobs: Literal[False] | None = None
+    tools: None = Field(default=None, description="tool calling is not supported yet")
+    functions: None = None
+
+    @field_validator("tools", "functions", mode="before")
+    @classmethod
+    def _no_tools(cls, value: Any) -> None:
+        if value:
+            raise ValueError("tool calling is not supported by this zoe-edge version")
+        return None
+
+    def to_canonical(self) -> GenerationRequest:
+        messages = [
+            Message(role="system" if m.role == "developer" else m.role, content=m.text(), name=m.name)
+            for m in self.messages
+        ]
+        return GenerationRequest(
+            model=self.model,
+            messages=messages,
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            stop=self.stop or [],  # type: ignore[arg-type]  # normalised to a list by the validator
+            sampling=self.sampling(),
+            constraint=self.response_format.constraint() if self.response_format else None,
+            stream=self.stream,
+        )
+
+
+class CompletionRequest(_CommonParams):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for this endpoint
+    echo: Literal[False] = False
+    suffix: None = None
+    logprobs: None = None
+    best_of: int = Field(default=1, ge=1, le=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError("send exactly one prompt per request")
+        return value
+
+    def to_canonical(self) -> GenerationRequest:
+        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        return GenerationRequest(
+            model=self.model,
+            prompt=prompt,
+            max_tokens=self.max_tokens,
+            stop=self.stop or [],  # type: ignore[arg-type]
+            sampling=self.sampling(),
+            stream=self.stream,
+        )
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def error_body(exc: ZoeError) -> dict[str, Any]:
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def error_response(exc: ZoeError) -> web.Response:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return web.json_response(error_body(exc), status=exc.status, headers=headers)
+
+
+def _usage(finish: Finish) -> dict[str, Any]:
+    u = finish.usage
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def _finish_reason(finish: Finish) -> str:
+    # a cancelled generation has no client left to read this; "stop" keeps the field in OpenAI's set
+    return "stop" if finish.reason == "cancelled" else finish.reason
+
+
+class _Shape:
+    """The two OpenAI response families differ only in names and where the text goes."""
+
+    def __init__(self, kind: Literal["chat", "completion"], model: str) -> None:
+        self.kind = kind
+        self.model = model
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": None, "choices": choices}
+
+    def full(self, text: str, finish: Finish) -> dict[str, Any]:
+        if self.kind == "chat":
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": _finish_reason(finish),
+            }
+            body = self._envelope("chat.completion", [choice])
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish_reason(finish)}
+            body = self._envelope("text_completion", [choice])
+        body["usage"] = _usage(finish)
+        body["timings"] = finish.timings.per_second(finish.usage)
+        return body
+
+    def chunk(self, text: str | None, finish_reason: str | None, *, first: bool = False) -> dict[str, Any]:
+        if self.kind == "chat":
+            delta: dict[str, Any] = {}
+            if first:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return self._envelope("chat.completion.chunk", [choice])
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return self._envelope("text_completion", [choice])
+
+    def usage_chunk(self, finish: Finish) -> dict[str, Any]:
+        body = self._envelope("chat.completion.chunk" if self.kind == "chat" else "text_completion", [])
+        body["usage"] = _usage(finish)
+        return body
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+
+async def _serve(
+    request: web.Request,
+    kind: Literal["chat", "completion"],
+    parse: Callable[[Any], ChatCompletionRequest | CompletionRequest],
+) -> web.StreamResponse:
+    app = request.app
+    body = parse(await read_json(request))
+    resolution = resolve_model(app[REGISTRY], body.model)
+    canonical = with_model_defaults(body.to_canonical(), app[REGISTRY].models[resolution.model])
+    request["zoe_model"] = resolution.model
+    shape = _Shape(kind, resolution.model)
+    headers = {"x-zoe-model": resolution.model}
+
+    async with contextlib.aclosing(app[SUPERVISOR].generate(resolution.model, canonical)) as events:
+        first = await anext(events, None)
+        if isinstance(first, ErrorEvent):
+            raise first.as_exception()
+        if not body.stream:
+            return await _collect(shape, first, events, headers)
+        return await _stream(request, shape, first, events, headers, body.include_usage)
+
+
+async def _collect(
+    shape: _Shape, first: Event | None, events: AsyncIterator[Event], headers: dict[str, str]
+) -> web.Response:
+    parts: list[str] = []
+    event = first
+    while event is not None:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, ErrorEvent):
+            raise event.as_exception()
+        elif isinstance(event, Finish):
+            return web.json_response(shape.full("".join(parts), event), headers=headers)
+        event = await anext(events, None)
+    raise ZoeError("the generation ended without a result")
+
+
+async def _stream(
+    request: web.Request,
+    shape: _Shape,
+    first: Event | None,
+    events: AsyncIterator[Event],
+    headers: dict[str, str],
+    include_usage: bool,
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    opened = False
+    event = first
+    try:
+        while event is not None:
+            if isinstance(event, TextDelta):
+                await response.write(_sse(shape.chunk(event.text, None, first=not opened)))
+                opened = True
+            elif isinstance(event, Finish):
+                await response.write(_sse(shape.chunk(None if opened else "", _finish_reason(event), first=not opened)))
+                if include_usage:
+                    await response.write(_sse(shape.usage_chunk(event)))
+                await response.write(_sse("[DONE]"))
+                break
+            elif isinstance(event, ErrorEvent):
+                log.error("stream %s ended by an error: %s", shape.id, event.message)
+                await response.write(_sse(error_body(event.as_exception())))
+                break
+            event = await anext(events, None)
+    except (ConnectionResetError, ConnectionError):
+        log.info("client went away during stream %s; generation cancelled", shape.id)
+        return response
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
+    return response
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "chat", lambda data: parse_body(ChatCompletionRequest, data))
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "completion", lambda data: parse_body(CompletionRequest, data))
+
+
+async def list_models(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    settings = request.app[SETTINGS]
+    registry_dir = settings.registry_path.resolve().parent
+    created: dict[str, int] = {}
+    for name, entry in registry.models.items():
+        try:
+            created[name] = int(model_path(entry, registry_dir, settings.state_dir).stat().st_mtime)
+        except (OSError, ValueError):
+            created[name] = 0
+    data = [{"id": name, "object": "model", "created": created[name], "owned_by": "zoe-edge"} for name in registry.models]
+    data += [
+        {"id": alias, "object": "model", "created": created[target], "owned_by": "zoe-edge", "parent": target}
+        for alias, target in registry.aliases.items()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/completions", completions)
+        app.router.add_get(f"{prefix}/models", list_models)
+

@@ -1,0 +1,157 @@
+"""The one request model and the one event stream.
+
+Every front parses its wire format into :class:`GenerationRequest`; the worker and every provider
+answer with an async stream of :data:`Event`. Fronts render events back into their wire format.
+Nothing else in the code base knows what a wire format looks like.
+
+Events are plain frozen dataclasses rather than pydantic models because one is built and
+serialised per generated token: the hot path stays a dict literal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from zoe_edge.errors import ZoeError, error_for_status
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str = ""
+    name: str | None = None
+
+
+class Sampling(BaseModel):
+    """Sampling knobs; ``None`` means "use the model's default from the registry"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, gt=0.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    seed: int | None = None
+
+    def merged_over(self, defaults: Sampling) -> Sampling:
+        """This request's values where set, the registry's defaults elsewhere."""
+        mine = self.model_dump(exclude_none=True)
+        return defaults.model_copy(update=mine)
+
+
+class OutputConstraint(BaseModel):
+    """What shape the output must have; the worker turns it into a llama.cpp grammar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["json", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class GenerationRequest(BaseModel):
+    """One generation: either chat ``messages`` (rendered by the model's template) or a raw ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    sampling: Sampling = Field(default_factory=Sampling)
+    constraint: OutputConstraint | None = None
+    stream: bool = False
+
+
+# --- the event stream -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Wall-clock figures measured in the worker around llama.cpp calls, in milliseconds."""
+
+    prompt_ms: float = 0.0
+    predicted_ms: float = 0.0
+    load_ms: float = 0.0
+
+    def per_second(self, usage: Usage) -> dict[str, float]:
+        def rate(n: int, ms: float) -> float:
+            return round(n * 1000.0 / ms, 2) if ms > 0 else 0.0
+
+        evaluated = usage.prompt_tokens - usage.cached_tokens
+        return {
+            "prompt_n": evaluated,
+            "prompt_ms": round(self.prompt_ms, 3),
+            "prompt_per_second": rate(evaluated, self.prompt_ms),
+            "predicted_n": usage.completion_tokens,
+            "predicted_ms": round(self.predicted_ms, 3),
+            "predicted_per_second": rate(usage.completion_tokens, self.predicted_ms),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+    usage: Usage
+    timings: Timings = field(default_factory=Timings)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """A failure after the stream started; ``status`` is what it would have been before the first byte."""
+
+    message: str
+    code: str = "worker_failed"
+    status: int = 500
+
+    def as_exception(self) -> ZoeError:
+        return error_for_status(self.status, self.message, code=self.code)
+
+
+Event = TextDelta | Finish | ErrorEvent
+
+
+def event_to_wire(event: Event) -> dict[str, Any]:
+    """Serialise an event for the worker IPC (one JSON frame per event)."""
+    if isinstance(event, TextDelta):
+        return {"t": "text", "text": event.text}
+    if isinstance(event, Finish):
+        return {"t": "finish", "reason": event.reason, "usage": asdict(event.usage), "timings": asdict(event.timings)}
+    return {"t": "error", "message": event.message, "code": event.code, "status": event.status}
+
+
+def event_from_wire(frame: dict[str, Any]) -> Event:
+    kind = frame.get("t")
+    if kind == "text":
+        return TextDelta(str(frame["text"]))
+    if kind == "finish":
+        return Finish(frame["reason"], Usage(**frame["usage"]), Timings(**frame["timings"]))
+    if kind == "error":
+        return ErrorEvent(str(frame["message"]), str(frame.get("code", "worker_failed")), int(frame.get("status", 500)))
+    raise ValueError(f"unknown event frame type {kind!r}")

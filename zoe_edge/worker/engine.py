@@ -1,0 +1,244 @@
+"""The generation loop around one ``llama_cpp.Llama``; runs inside the worker process only.
+
+We drive ``Llama.generate`` token by token instead of ``create_completion`` so that we control
+what matters on a small board: cancellation between any two tokens, exact token counts, stop
+strings with O(1) work per token (llama-cpp-python re-detokenises the whole completion each
+step), and wall-clock timings per phase.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+from typing import Any
+
+from zoe_edge.canonical import (
+    ErrorEvent,
+    Event,
+    Finish,
+    FinishReason,
+    GenerationRequest,
+    OutputConstraint,
+    TextDelta,
+    Timings,
+    Usage,
+)
+from zoe_edge.worker.protocol import LoadSpec, ModelInfo
+
+log = logging.getLogger("zoe_edge.worker")
+
+
+class RequestRejected(Exception):
+    """The request cannot run on this model (bad grammar, prompt longer than the context)."""
+
+    def __init__(self, message: str, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def bundled_template(name: str) -> str | None:
+    """A chat template shipped with zoe-edge (``worker/templates/<name>.jinja``), if there is one."""
+    res = resources.files("zoe_edge.worker").joinpath("templates", f"{name}.jinja")
+    return res.read_text(encoding="utf-8") if res.is_file() else None
+
+
+def stop_holdback(text: str, stops: list[str]) -> int:
+    """How many trailing characters of ``text`` could still grow into a stop string."""
+    keep = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), keep, -1):
+            if text.endswith(stop[:n]):
+                keep = n
+                break
+    return keep
+
+
+class Engine:
+    """Owns one loaded model. Not thread-safe: the worker serves one request at a time."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        import llama_cpp  # imported here so the daemon process never loads libllama
+
+        self._llama_cpp = llama_cpp
+        self.spec = spec
+        started = time.perf_counter()
+        self.llm = llama_cpp.Llama(
+            model_path=spec.path,
+            n_ctx=spec.n_ctx,
+            n_batch=spec.n_batch,
+            n_threads=spec.n_threads,
+            n_threads_batch=spec.n_threads,
+            n_gpu_layers=spec.n_gpu_layers,
+            verbose=False,
+        )
+        self.load_ms = (time.perf_counter() - started) * 1000.0
+        self._formatter, self.template_source = self._make_formatter(spec.chat_format)
+        self._vocab = self.llm._model.vocab
+
+    def info(self, pid: int) -> ModelInfo:
+        model = self.llm._model
+        return ModelInfo(
+            name=self.spec.name,
+            n_ctx=self.llm.n_ctx(),
+            n_ctx_train=model.n_ctx_train(),
+            n_params=model.n_params(),
+            size_bytes=model.size(),
+            n_gpu_layers=self.spec.n_gpu_layers,
+            chat_template_source=self.template_source,
+            load_ms=round(self.load_ms, 3),
+            pid=pid,
+        )
+
+    def _make_formatter(self, chat_format: str) -> tuple[Any, str]:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if chat_format == "auto":
+            template = self.llm.metadata.get("tokenizer.chat_template")
+            source = "gguf metadata"
+            if not template:
+                template, source = bundled_template("chatml"), "chatml (the GGUF has no chat template)"
+        else:
+            template, source = bundled_template(chat_format), f"bundled {chat_format}"
+            if template is None:
+                raise ValueError(f"unknown chat_format {chat_format!r}: use 'auto' or a bundled template name")
+        assert template is not None
+        eos = self._token_text(self.llm.token_eos())
+        bos = self._token_text(self.llm.token_bos())
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos), source
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llm._model.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    # --- prompt ------------------------------------------------------------------------------
+
+    def prompt_tokens(self, req: GenerationRequest) -> tuple[list[int], list[str]]:
+        """Tokens to evaluate and the stop strings the chat template adds."""
+        if req.messages is not None:
+            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            try:
+                rendered = self._formatter(messages=messages)
+            except Exception as exc:  # jinja raise_exception() and template errors
+                raise RequestRejected(f"the model's chat template rejected the messages: {exc}") from None
+            stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+            add_bos = not rendered.added_special and self.llm._model.add_bos_token()
+            tokens = self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=add_bos, special=True)
+            return tokens, [s for s in stops if s]
+        text = req.prompt or ""
+        add_bos = self.llm._model.add_bos_token()
+        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        if not tokens:
+            tokens = [self.llm.token_bos()]
+        return tokens, []
+
+    def _grammar(self, constraint: OutputConstraint | None) -> Any:
+        if constraint is None:
+            return None
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        try:
+            if constraint.kind == "json":
+                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            return LlamaGrammar.from_json_schema(json.dumps(constraint.json_schema), verbose=False)
+        except Exception as exc:
+            raise RequestRejected(f"cannot turn the JSON schema into a grammar: {exc}", "invalid_schema") from None
+
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        """The KV prefix ``Llama.generate`` will reuse for these tokens (same rule as its own)."""
+        n_cached = self.llm.n_tokens
+        shared = 0
+        for a, b in zip(self.llm._input_ids[:n_cached], tokens):
+            if a != b:
+                break
+            shared += 1
+        if shared == len(tokens) and n_cached != len(tokens):
+            shared -= 1  # the last prompt token is re-evaluated to refresh the logits
+        return max(shared, 0)
+
+    # --- generation --------------------------------------------------------------------------
+
+    def generate(self, req: GenerationRequest, cancelled: Callable[[], bool]) -> Iterator[Event]:
+        """Yield canonical events; checks ``cancelled`` between tokens."""
+        try:
+            tokens, template_stops = self.prompt_tokens(req)
+            grammar = self._grammar(req.constraint)
+        except RequestRejected as exc:
+            yield ErrorEvent(str(exc), exc.code, 400)
+            return
+        n_ctx = self.llm.n_ctx()
+        room = n_ctx - len(tokens)
+        if room < 1:
+            yield ErrorEvent(
+                f"the prompt has {len(tokens)} tokens but the model's context is {n_ctx}; "
+                "shorten the conversation or raise n_ctx in models.yaml",
+                "context_length_exceeded",
+                400,
+            )
+            return
+        max_tokens = min(req.max_tokens or room, room)
+        stops = [*req.stop, *template_stops]
+        s = req.sampling
+        self.llm.set_seed(s.seed if s.seed is not None else self._llama_cpp.LLAMA_DEFAULT_SEED)
+        cached = self._cached_prefix(tokens)
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""  # decoded text held back because it may be the start of a stop string
+        produced = 0
+        reason: FinishReason = "length"
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        is_eog = self._llama_cpp.llama_vocab_is_eog
+        detok = self.llm._model.detokenize
+
+        for token in self.llm.generate(
+            tokens,
+            top_k=s.top_k if s.top_k is not None else 40,
+            top_p=s.top_p if s.top_p is not None else 0.95,
+            min_p=s.min_p if s.min_p is not None else 0.05,
+            temp=s.temperature if s.temperature is not None else 0.8,
+            repeat_penalty=s.repeat_penalty if s.repeat_penalty is not None else 1.0,
+            frequency_penalty=s.frequency_penalty or 0.0,
+            presence_penalty=s.presence_penalty or 0.0,
+            grammar=grammar,
+        ):
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if cancelled():
+                reason = "cancelled"
+                break
+            if is_eog(self._vocab, token):
+                reason = "stop"
+                break
+            produced += 1
+            pending += decoder.decode(detok([token], special=False))
+            hit = min((i for i in (pending.find(st) for st in stops) if i >= 0), default=-1) if stops else -1
+            if hit >= 0:
+                pending = pending[:hit]
+                reason = "stop"
+                break
+            keep = stop_holdback(pending, stops) if stops else 0
+            if len(pending) > keep:
+                cut = len(pending) - keep
+                yield TextDelta(pending[:cut])
+                pending = pending[cut:]
+            if produced >= max_tokens:
+                break
+        else:  # pragma: no cover - llama.generate never ends on its own
+            reason = "length"
+
+        if reason != "cancelled":
+            pending += decoder.decode(b"", final=True)
+            if pending:
+                yield TextDelta(pending)
+        ended = time.perf_counter()
+        first = first_token_at or ended
+        yield Finish(
+            reason,
+            Usage(prompt_tokens=len(tokens), completion_tokens=produced, cached_tokens=cached),
+            Timings(prompt_ms=(first - started) * 1000.0, predicted_ms=(ended - first) * 1000.0),
+        )

@@ -1,0 +1,162 @@
+"""Entry point of the worker process: ``python -m zoe_edge.worker --socket PATH``.
+
+The process starts without a model (so the daemon can keep a spare one warm), listens on a unix
+socket, prints ``READY`` on stdout, and then serves one connection at a time. It loads at most one
+model in its lifetime: unloading means the process exits, which is the only way to be sure
+llama.cpp has returned every byte (and every GPU buffer) to the system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from pydantic import ValidationError
+
+from zoe_edge.canonical import ErrorEvent, GenerationRequest, event_to_wire
+from zoe_edge.worker.protocol import LoadSpec, ProtocolError, encode_frame, recv_frame
+
+log = logging.getLogger("zoe_edge.worker")
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the daemon dies, so no orphan keeps a model in memory."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+class Worker:
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.engine: Any = None  # zoe_edge.worker.engine.Engine once loaded
+
+    def serve(self) -> None:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        server.bind(self.socket_path)
+        server.listen(16)
+        server.settimeout(1.0)
+        parent = os.getppid()
+        print(f"READY {os.getpid()}", flush=True)
+        while True:
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                if os.getppid() != parent:
+                    log.warning("daemon went away; worker exiting")
+                    return
+                continue
+            conn.settimeout(None)
+            with conn:
+                if not self._serve_one(conn):
+                    return
+
+    def _send(self, conn: socket.socket, payload: dict[str, Any]) -> bool:
+        try:
+            conn.sendall(encode_frame(payload))
+            return True
+        except OSError:
+            return False
+
+    def _serve_one(self, conn: socket.socket) -> bool:
+        """Handle one connection; ``False`` means the worker should exit."""
+        try:
+            request = recv_frame(conn)
+        except (ProtocolError, OSError) as exc:
+            log.warning("bad request frame: %s", exc)
+            return True
+        if request is None:
+            return True
+        op = request.get("op")
+        if op == "ping":
+            self._send(conn, {"t": "pong", "loaded": self.engine is not None, "pid": os.getpid()})
+        elif op == "load":
+            self._load(conn, request)
+        elif op == "generate":
+            self._generate(conn, request)
+        elif op == "shutdown":
+            self._send(conn, {"t": "bye"})
+            return False
+        else:
+            self._send(conn, {"t": "error", "message": f"unknown op {op!r}", "code": "protocol", "status": 500})
+        return True
+
+    def _load(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        from zoe_edge.worker.engine import Engine
+
+        if self.engine is not None:
+            self._send(conn, {"t": "error", "message": "a model is already loaded", "code": "protocol", "status": 500})
+            return
+        try:
+            spec = LoadSpec.model_validate(request.get("spec"))
+            self.engine = Engine(spec)
+        except Exception as exc:
+            # llama.cpp reports the details on stderr, which the daemon logs; the message names the cause
+            reason = str(exc) or type(exc).__name__
+            log.error("load failed: %s", reason)
+            self._send(conn, {"t": "error", "message": reason, "code": "model_load_failed", "status": 503})
+            return
+        self._send(conn, {"t": "loaded", "info": self.engine.info(os.getpid()).model_dump()})
+
+    def _generate(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        if self.engine is None:
+            self._send(conn, event_to_wire(ErrorEvent("no model loaded", "protocol", 500)))
+            return
+        try:
+            req = GenerationRequest.model_validate(request.get("request"))
+        except ValidationError as exc:
+            self._send(conn, event_to_wire(ErrorEvent(f"invalid request: {exc}", "protocol", 500)))
+            return
+
+        cancel = threading.Event()
+
+        def watch() -> None:
+            # any frame (a cancel) or the end of the connection stops the generation
+            with contextlib.suppress(Exception):
+                recv_frame(conn)
+            cancel.set()
+
+        watcher = threading.Thread(target=watch, name="cancel-watch", daemon=True)
+        watcher.start()
+        try:
+            for event in self.engine.generate(req, cancel.is_set):
+                if not self._send(conn, event_to_wire(event)):
+                    cancel.set()
+                    break
+        except Exception as exc:
+            log.error("generation failed: %s", traceback.format_exc())
+            self._send(conn, event_to_wire(ErrorEvent(f"generation failed: {exc}", "generation_failed", 500)))
+        finally:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            watcher.join(timeout=1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zoe-edge-worker", description="zoe-edge model worker (started by the daemon)")
+    parser.add_argument("--socket", required=True, help="unix socket path to listen on")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # import llama.cpp before READY so the first load does not pay for it on the critical path
+    import llama_cpp  # noqa: F401
+
+    Worker(args.socket).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

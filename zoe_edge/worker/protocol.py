@@ -1,0 +1,114 @@
+"""The daemon <-> worker contract: length-prefixed JSON frames over a unix socket.
+
+Each connection carries one operation: the daemon sends a request frame (``{"op": ...}``) and
+reads reply frames until a terminal one. For ``generate`` the replies are canonical events (see
+:func:`zoe_edge.canonical.event_to_wire`); closing the connection, or sending ``{"op": "cancel"}``,
+stops the generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class LoadSpec(BaseModel):
+    """Everything the worker needs to load one model; built by the supervisor from the registry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str
+    n_ctx: int = Field(ge=16)
+    n_batch: int = Field(ge=1)
+    n_threads: int = Field(ge=1)
+    n_gpu_layers: int = Field(ge=0)
+    chat_format: str = "auto"
+
+
+class ModelInfo(BaseModel):
+    """What the worker reports after a successful load."""
+
+    name: str
+    n_ctx: int
+    n_ctx_train: int
+    n_params: int
+    size_bytes: int
+    n_gpu_layers: int
+    chat_template_source: str
+    load_ms: float
+    pid: int
+
+
+def encode_frame(payload: dict[str, Any]) -> bytes:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME} byte limit")
+    return HEADER.pack(len(body)) + body
+
+
+def _decode_body(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ProtocolError("frame is not a JSON object")
+    return payload
+
+
+def _check_length(header: bytes) -> int:
+    (length,) = HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame length {length} exceeds the {MAX_FRAME} byte limit")
+    return int(length)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next frame, or ``None`` on a clean end of stream between frames."""
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header") from None
+        return None
+    try:
+        body = await reader.readexactly(_check_length(header))
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("connection closed inside a frame") from None
+    return _decode_body(body)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            if chunks:
+                raise ProtocolError("connection closed inside a frame")
+            return None
+        chunks += chunk
+    return bytes(chunks)
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+    """Blocking twin of :func:`read_frame` for the worker side."""
+    header = _recv_exactly(sock, HEADER.size)
+    if header is None:
+        return None
+    body = _recv_exactly(sock, _check_length(header))
+    if body is None:
+        raise ProtocolError("connection closed inside a frame")
+    return _decode_body(body)
