@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure-no-auth", action="store_true", help="allow a non-loopback bind without an API key"
     )
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=int(_env("ZOE_MAX_BODY_BYTES") or 8 * 1024 * 1024),
+        help="largest request body accepted; larger ones get 413 (default: 8 MiB)",
+    )
     serve.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
     serve.add_argument("--log-level", default=_env("ZOE_LOG_LEVEL") or "info", choices=["debug", "info", "warning"])
 
@@ -110,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(
         args, host=args.host, port=args.port, api_key=_read_key(args),
         insecure_no_auth=args.insecure_no_auth, preload=not args.no_preload,
+        max_body_bytes=args.max_body_bytes,
     )
     refusal = settings.check_bind()
     if refusal:
