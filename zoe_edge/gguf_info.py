@@ -54,7 +54,8 @@ class GGUFInfo:
 
 
 _cache: dict[tuple[str, int, int], GGUFInfo] = {}
-_lock = threading.Lock()
+_locks: dict[str, threading.Lock] = {}
+_guard = threading.Lock()
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
@@ -113,13 +114,15 @@ def read_gguf(path: Path) -> GGUFInfo:
     except OSError as exc:
         raise GGUFError(f"model file {path} cannot be read: {exc.strerror}") from None
     key = (str(path), st.st_size, st.st_mtime_ns)
-    with _lock:
+    with _guard:
+        lock = _locks.setdefault(str(path), threading.Lock())
+    # one parse per file at a time: concurrent callers (a load and a /ready probe) wait for it
+    with lock:
         if key in _cache:
             return _cache[key]
-    try:
-        info = _read(path, st.st_size)
-    except OSError as exc:
-        raise GGUFError(f"model file {path} cannot be read: {exc.strerror}") from None
-    with _lock:
+        try:
+            info = _read(path, st.st_size)
+        except OSError as exc:
+            raise GGUFError(f"model file {path} cannot be read: {exc.strerror}") from None
         _cache[key] = info
-    return info
+        return info

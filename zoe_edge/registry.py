@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zoe_edge.canonical import Sampling
 from zoe_edge.errors import RegistryError
+from zoe_edge.worker.templates import bundled_formats
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -72,6 +73,14 @@ class ModelEntry(BaseModel):
     def _layers(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 0:
             raise ValueError("use 'auto' or a number of layers >= 0")
+        return value
+
+    @field_validator("chat_format")
+    @classmethod
+    def _chat_format(cls, value: str) -> str:
+        known = bundled_formats()
+        if value != "auto" and value not in known:
+            raise ValueError(f"unknown chat format {value!r}: use 'auto' (the GGUF's own template) or one of {known}")
         return value
 
     @field_validator("file")

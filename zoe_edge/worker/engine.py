@@ -9,11 +9,11 @@ step), and wall-clock timings per phase.
 from __future__ import annotations
 
 import codecs
+import collections
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from importlib import resources
 from typing import Any
 
 from zoe_edge.canonical import (
@@ -28,8 +28,40 @@ from zoe_edge.canonical import (
     Usage,
 )
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
+from zoe_edge.worker.templates import bundled_template
 
 log = logging.getLogger("zoe_edge.worker")
+
+
+class LlamaLog:
+    """Keeps llama.cpp's recent warnings and errors, which ``verbose=False`` would send to /dev/null.
+
+    A failed load then says *why* ("unknown model architecture: ...") instead of llama-cpp-python's
+    generic "Failed to load model from file".
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        self.lines: collections.deque[str] = collections.deque(maxlen=20)
+        self._keep = False
+
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+        def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+            # ggml_log_level: 3 = warn, 4 = error, 5 = continuation of the previous line
+            self._keep = level in (3, 4) or (level == 5 and self._keep)
+            if self._keep:
+                line = text.decode("utf-8", errors="replace").strip()
+                if line:
+                    self.lines.append(line)
+
+        self._callback = callback  # a ctypes callback must outlive its registration
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+    def recent(self, n: int = 3) -> str:
+        return " | ".join(list(self.lines)[-n:])
 
 
 class RequestRejected(Exception):
@@ -38,12 +70,6 @@ class RequestRejected(Exception):
     def __init__(self, message: str, code: str = "invalid_request") -> None:
         super().__init__(message)
         self.code = code
-
-
-def bundled_template(name: str) -> str | None:
-    """A chat template shipped with zoe-edge (``worker/templates/<name>.jinja``), if there is one."""
-    res = resources.files("zoe_edge.worker").joinpath("templates", f"{name}.jinja")
-    return res.read_text(encoding="utf-8") if res.is_file() else None
 
 
 def stop_holdback(text: str, stops: list[str]) -> int:
@@ -60,21 +86,25 @@ def stop_holdback(text: str, stops: list[str]) -> int:
 class Engine:
     """Owns one loaded model. Not thread-safe: the worker serves one request at a time."""
 
-    def __init__(self, spec: LoadSpec) -> None:
+    def __init__(self, spec: LoadSpec, llama_log: LlamaLog | None = None) -> None:
         import llama_cpp  # imported here so the daemon process never loads libllama
 
         self._llama_cpp = llama_cpp
         self.spec = spec
         started = time.perf_counter()
-        self.llm = llama_cpp.Llama(
-            model_path=spec.path,
-            n_ctx=spec.n_ctx,
-            n_batch=spec.n_batch,
-            n_threads=spec.n_threads,
-            n_threads_batch=spec.n_threads,
-            n_gpu_layers=spec.n_gpu_layers,
-            verbose=False,
-        )
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=spec.path,
+                n_ctx=spec.n_ctx,
+                n_batch=spec.n_batch,
+                n_threads=spec.n_threads,
+                n_threads_batch=spec.n_threads,
+                n_gpu_layers=spec.n_gpu_layers,
+                verbose=False,
+            )
+        except Exception as exc:
+            detail = llama_log.recent() if llama_log else ""
+            raise RuntimeError(f"{exc}{'; llama.cpp says: ' + detail if detail else ''}") from None
         self.load_ms = (time.perf_counter() - started) * 1000.0
         self._formatter, self.template_source = self._make_formatter(spec.chat_format)
         self._vocab = self.llm._model.vocab

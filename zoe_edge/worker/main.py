@@ -40,6 +40,9 @@ class Worker:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
         self.engine: Any = None  # zoe_edge.worker.engine.Engine once loaded
+        from zoe_edge.worker.engine import LlamaLog
+
+        self.llama_log = LlamaLog()
 
     def serve(self) -> None:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -101,7 +104,7 @@ class Worker:
             return
         try:
             spec = LoadSpec.model_validate(request.get("spec"))
-            self.engine = Engine(spec)
+            self.engine = Engine(spec, self.llama_log)
         except Exception as exc:
             # llama.cpp reports the details on stderr, which the daemon logs; the message names the cause
             reason = str(exc) or type(exc).__name__
