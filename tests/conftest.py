@@ -93,8 +93,9 @@ class Daemon:
                 self.proc.wait(5)
 
 
-def write_registry(tmp: Path, models: dict[str, dict[str, object]], aliases: dict[str, str] | None = None,
-                   default: str | None = None) -> Path:
+def write_registry(
+    tmp: Path, models: dict[str, dict[str, object]], aliases: dict[str, str] | None = None, default: str | None = None
+) -> Path:
     path = tmp / "models.yaml"
     data = {"default": default or next(iter(models)), "models": models, "aliases": aliases or {}}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -102,14 +103,25 @@ def write_registry(tmp: Path, models: dict[str, dict[str, object]], aliases: dic
 
 
 def smollm_entry(path: Path, **overrides: object) -> dict[str, object]:
-    entry: dict[str, object] = {"file": str(path), "n_ctx": 2048, "n_threads": 2, "ttl": "10m",
-                                "sampling": {"temperature": 0.0}}
+    entry: dict[str, object] = {
+        "file": str(path),
+        "n_ctx": 2048,
+        "n_threads": 2,
+        "ttl": "10m",
+        "sampling": {"temperature": 0.0},
+    }
     entry.update(overrides)
     return entry
 
 
-def start_daemon(registry: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None,
-                 wait_ready: bool = True, api_key: str | None = None) -> Daemon:
+def start_daemon(
+    registry: Path,
+    tmp: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    api_key: str | None = None,
+) -> Daemon:
     port = free_port()
     log_path = tmp / f"daemon-{port}.log"
     full_env = {**os.environ, "ZOE_STATE_DIR": str(state_dir()), **(env or {})}
@@ -119,7 +131,10 @@ def start_daemon(registry: Path, tmp: Path, *extra: str, env: dict[str, str] | N
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zoe_edge", "serve", "--config", str(registry), "--port", str(port), *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=tmp,
         )
     daemon = Daemon(f"http://127.0.0.1:{port}", proc, log_path, api_key)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -54,11 +54,11 @@ CASES: list[tuple[str, Any, int, str | None, str | None]] = [
 
 
 @pytest.mark.parametrize(("name", "body", "status", "code", "param"), CASES, ids=[c[0] for c in CASES])
-def test_bad_chat_requests(daemon: Daemon, name: str, body: Any, status: int, code: str | None,
-                           param: str | None) -> None:
+def test_bad_chat_requests(
+    daemon: Daemon, name: str, body: Any, status: int, code: str | None, param: str | None
+) -> None:
     kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = httpx.post(daemon.v1 + "/chat/completions", headers={"Content-Type": "application/json"}, timeout=30,
-                   **kwargs)
+    r = httpx.post(daemon.v1 + "/chat/completions", headers={"Content-Type": "application/json"}, timeout=30, **kwargs)
     assert_openai_error(r, status, code, param)
     assert_still_serving(daemon)
 
@@ -119,8 +119,7 @@ def broken_daemon(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -
 
 
 @pytest.mark.parametrize(("model", "words"), [("missing", "does not exist"), ("truncated", "truncated")])
-def test_missing_or_corrupt_model_is_503_and_others_keep_serving(broken_daemon: Daemon, model: str,
-                                                                   words: str) -> None:
+def test_missing_or_corrupt_model_is_503_and_others_keep_serving(broken_daemon: Daemon, model: str, words: str) -> None:
     r = httpx.post(broken_daemon.v1 + "/chat/completions", json={**GOOD, "model": model}, timeout=30)
     message = assert_openai_error(r, 503, "model_load_failed")
     assert words in message

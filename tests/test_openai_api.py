@@ -96,8 +96,9 @@ def test_completions(client: openai.OpenAI) -> None:
     assert resp.usage is not None and resp.usage.completion_tokens <= 8
     default = client.completions.create(model="smollm2-135m", prompt="Once upon a time")
     assert default.usage is not None and default.usage.completion_tokens <= 16  # OpenAI's default max_tokens
-    stream = client.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=8,
-                                       stream=True)
+    stream = client.completions.create(
+        model="smollm2-135m", prompt="The capital of France is", max_tokens=8, stream=True
+    )
     assert "".join(c.choices[0].text for c in stream) == resp.choices[0].text
 
 

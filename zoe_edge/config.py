@@ -40,6 +40,8 @@ class Settings(BaseModel):
     load_timeout_s: float = Field(default=300.0, gt=0)
     # no token (or finish) from the worker for this long means it is wedged: kill and replace it
     stall_timeout_s: float = Field(default=120.0, gt=0)
+    # text produced faster than this is sent in one chunk per interval (0 = one chunk per token)
+    stream_interval_ms: float = Field(default=20.0, ge=0.0, le=1000.0)
     preload: bool = True
 
     def check_bind(self) -> str | None:

@@ -81,8 +81,12 @@ class WorkerFailed(ZoeError):
 def error_for_status(status: int, message: str, *, code: str | None = None) -> ZoeError:
     """The hierarchy member for an HTTP status reported across a process boundary."""
     classes: dict[int, type[ZoeError]] = {
-        400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: ModelNotFound,
-        413: PayloadTooLarge, 503: ServiceUnavailable,
+        400: InvalidRequest,
+        401: Unauthorized,
+        403: Forbidden,
+        404: ModelNotFound,
+        413: PayloadTooLarge,
+        503: ServiceUnavailable,
     }
     cls = classes.get(status, ZoeError)
     retry = 5.0 if cls is ServiceUnavailable else None

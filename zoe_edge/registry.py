@@ -150,7 +150,9 @@ def _describe(loc: tuple[int | str, ...]) -> str:
 def parse_registry(data: Any, source: str = "models.yaml") -> Registry:
     """Validate already-parsed YAML; raises :class:`RegistryError` with one line per problem."""
     if not isinstance(data, Mapping):
-        raise RegistryError(source, [f"top level must be a mapping with 'default' and 'models', got {type(data).__name__}"])
+        raise RegistryError(
+            source, [f"top level must be a mapping with 'default' and 'models', got {type(data).__name__}"]
+        )
     try:
         return Registry.model_validate(data)
     except ValidationError as exc:
@@ -203,10 +205,10 @@ def model_path(entry: ModelEntry, registry_dir: Path, state_dir: Path) -> Path:
         module, _, rel = spec[4:].partition("/")
         return _package_dir(module) / rel
     if spec.startswith("assemble:"):
-        module = importlib.import_module(spec[9:]) if importlib.util.find_spec(spec[9:]) else None
-        if module is None:
+        if importlib.util.find_spec(spec[9:]) is None:
             raise FileNotFoundError(f"Python package {spec[9:]!r} is not installed")
-        return state_dir / "models" / str(getattr(module, "MODEL_NAME", spec[9:] + ".gguf"))
+        package = importlib.import_module(spec[9:])
+        return state_dir / "models" / str(getattr(package, "MODEL_NAME", spec[9:] + ".gguf"))
     path = Path(os.path.expanduser(spec))
     return path if path.is_absolute() else registry_dir / path
 

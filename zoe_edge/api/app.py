@@ -35,9 +35,7 @@ async def ready(request: web.Request) -> web.Response:
     problem = await supervisor.check_loadable(model)
     if problem is None:
         return web.json_response({"status": "ready", "model": model, "loaded": False})
-    return web.json_response(
-        {"status": "unavailable", "model": model, "loaded": False, "reason": problem}, status=503
-    )
+    return web.json_response({"status": "unavailable", "model": model, "loaded": False, "reason": problem}, status=503)
 
 
 def build_app(settings: Settings, registry: Registry) -> web.Application:
@@ -70,8 +68,8 @@ async def serve(settings: Settings, registry: Registry) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=10.0)
     await site.start()
-    for sock in site._server.sockets if site._server else []:  # noqa: SLF001 - the bound port for port 0
-        log.info("zoe-edge %s listening on http://%s:%s", __version__, *sock.getsockname()[:2])
+    for address in runner.addresses:
+        log.info("zoe-edge %s listening on http://%s:%s", __version__, *address[:2])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

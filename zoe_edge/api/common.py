@@ -26,7 +26,8 @@ async def read_json(request: web.Request) -> Any:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(
-            f"request body is larger than the {request.app[SETTINGS].max_body_bytes} byte limit", code="request_too_large"
+            f"request body is larger than the {request.app[SETTINGS].max_body_bytes} byte limit",
+            code="request_too_large",
         ) from exc
     if not raw.strip():
         raise InvalidRequest("request body is empty; send a JSON object", code="invalid_json")

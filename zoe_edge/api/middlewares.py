@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -53,6 +54,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     try:
         response = await handler(request)
+    except asyncio.CancelledError:
+        log.info(
+            "%s %s: client went away after %.1fms; request cancelled id=%s",
+            request.method,
+            request.path,
+            (time.perf_counter() - started) * 1000,
+            request_id,
+        )
+        raise
     except ZoeError as exc:
         response = openai.error_response(exc)
         _log_error(request, exc)
@@ -66,16 +76,28 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response.headers["X-Request-Id"] = request_id
     log.info(
         "%s %s %d %.1fms id=%s model=%s",
-        request.method, request.path, response.status, (time.perf_counter() - started) * 1000,
-        request_id, request.get("zoe_model", "-"),
+        request.method,
+        request.path,
+        response.status,
+        (time.perf_counter() - started) * 1000,
+        request_id,
+        request.get("zoe_model", "-"),
     )
     return response
 
 
 def _log_error(request: web.Request, exc: ZoeError) -> None:
     level = logging.ERROR if exc.status >= 500 else logging.WARNING
-    log.log(level, "%s %s -> %d %s: %s (id=%s)", request.method, request.path, exc.status,
-            exc.code or exc.type, exc.message, request["request_id"])
+    log.log(
+        level,
+        "%s %s -> %d %s: %s (id=%s)",
+        request.method,
+        request.path,
+        exc.status,
+        exc.code or exc.type,
+        exc.message,
+        request["request_id"],
+    )
 
 
 @web.middleware

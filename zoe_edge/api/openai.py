@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Literal
 
 from aiohttp import web
@@ -95,7 +95,7 @@ class _CommonParams(_Lenient):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -108,17 +108,21 @@ class _CommonParams(_Lenient):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0)
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stops(cls, value: Any) -> Any:
+        # OpenAI accepts one string or a list; normalise before the type check
+        return [value] if isinstance(value, str) else value
+
     @field_validator("stop")
     @classmethod
-    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        stops = [value] if isinstance(value, str) else value
-        if len(stops) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return stops
+    def _stop_limits(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if len(value) > MAX_STOP:
+                raise ValueError(f"at most {MAX_STOP} stop sequences")
+            if any(not s for s in value):
+                raise ValueError("stop sequences must not be empty")
+        return value
 
     def sampling(self) -> Sampling:
         return Sampling(
@@ -161,7 +165,7 @@ class ChatCompletionRequest(_CommonParams):
             model=self.model,
             messages=messages,
             max_tokens=self.max_completion_tokens or self.max_tokens,
-            stop=self.stop or [],  # type: ignore[arg-type]  # normalised to a list by the validator
+            stop=self.stop or [],
             sampling=self.sampling(),
             constraint=self.response_format.constraint() if self.response_format else None,
             stream=self.stream,
@@ -189,7 +193,7 @@ class CompletionRequest(_CommonParams):
             model=self.model,
             prompt=prompt,
             max_tokens=self.max_tokens,
-            stop=self.stop or [],  # type: ignore[arg-type]
+            stop=self.stop or [],
             sampling=self.sampling(),
             stream=self.stream,
         )
@@ -234,8 +238,14 @@ class _Shape:
         self.created = int(time.time())
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": None, "choices": choices}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
 
     def full(self, text: str, finish: Finish) -> dict[str, Any]:
         if self.kind == "chat":
@@ -302,7 +312,7 @@ async def _serve(
 
 
 async def _collect(
-    shape: _Shape, first: Event | None, events: AsyncIterator[Event], headers: dict[str, str]
+    shape: _Shape, first: Event | None, events: AsyncGenerator[Event, None], headers: dict[str, str]
 ) -> web.Response:
     parts: list[str] = []
     event = first
@@ -321,7 +331,7 @@ async def _stream(
     request: web.Request,
     shape: _Shape,
     first: Event | None,
-    events: AsyncIterator[Event],
+    events: AsyncGenerator[Event, None],
     headers: dict[str, str],
     include_usage: bool,
 ) -> web.StreamResponse:
@@ -373,7 +383,9 @@ async def list_models(request: web.Request) -> web.Response:
             created[name] = int(model_path(entry, registry_dir, settings.state_dir).stat().st_mtime)
         except (OSError, ValueError):
             created[name] = 0
-    data = [{"id": name, "object": "model", "created": created[name], "owned_by": "zoe-edge"} for name in registry.models]
+    data = [
+        {"id": name, "object": "model", "created": created[name], "owned_by": "zoe-edge"} for name in registry.models
+    ]
     data += [
         {"id": alias, "object": "model", "created": created[target], "owned_by": "zoe-edge", "parent": target}
         for alias, target in registry.aliases.items()
@@ -386,4 +398,3 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_get(f"{prefix}/models", list_models)
-

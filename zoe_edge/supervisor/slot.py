@@ -13,7 +13,7 @@ import enum
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,10 @@ class Supervisor:
         self.status.loads += 1
         log.info(
             "loaded %r in %.0f ms (llama.cpp %.0f ms, pid %d)",
-            model, (time.perf_counter() - started) * 1000, info.load_ms, info.pid,
+            model,
+            (time.perf_counter() - started) * 1000,
+            info.load_ms,
+            info.pid,
         )
         return worker
 
@@ -179,7 +182,7 @@ class Supervisor:
             SlotState.FAILED, model, last_error=reason, loads=self.status.loads, crashes=self.status.crashes
         )
 
-    async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[Event]:
+    async def generate(self, model: str, req: GenerationRequest) -> AsyncGenerator[Event, None]:
         """Stream one generation on ``model``, loading it first if needed.
 
         Raises :class:`ModelLoadFailed` or :class:`ServiceUnavailable` before the first event; after
@@ -192,7 +195,9 @@ class Supervisor:
             worker = await self._ensure_loaded(model)
             self.status.state = SlotState.BUSY
             try:
-                async with contextlib.aclosing(worker.generate(req, self.settings.stall_timeout_s)) as events:
+                async with contextlib.aclosing(
+                    worker.generate(req, self.settings.stall_timeout_s, self.settings.stream_interval_ms)
+                ) as events:
                     async for event in events:
                         if isinstance(event, ErrorEvent) and event.code in ("worker_crashed", "worker_timeout"):
                             self.status.crashes += 1

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,10 @@ from zoe_edge.errors import ModelLoadFailed, WorkerFailed
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo, ProtocolError, encode_frame, read_frame
 
 log = logging.getLogger("zoe_edge.worker")
+
+
+# the directory holding the zoe_edge package, resolved once at import rather than per spawn
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -60,7 +64,7 @@ class WorkerProcess:
         """Spawn the process and wait until it listens."""
         env = dict(os.environ)
         # the worker must import this very package, also when the daemon runs from a source tree
-        src_root = str(Path(__file__).resolve().parents[2])
+        src_root = _SOURCE_ROOT
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -134,7 +138,9 @@ class WorkerProcess:
         self.info = ModelInfo.model_validate(reply["info"])
         return self.info
 
-    async def generate(self, req: GenerationRequest, stall_timeout: float) -> AsyncIterator[Event]:
+    async def generate(
+        self, req: GenerationRequest, stall_timeout: float, coalesce_ms: float = 0.0
+    ) -> AsyncGenerator[Event, None]:
         """Stream canonical events. Closing this generator early cancels the generation in the worker.
 
         A worker that dies or stalls yields an :class:`ErrorEvent` (code ``worker_crashed`` or
@@ -146,7 +152,7 @@ class WorkerProcess:
             yield ErrorEvent(f"the model worker is not reachable: {exc}", "worker_crashed", 503)
             return
         try:
-            writer.write(encode_frame({"op": "generate", "request": req.model_dump()}))
+            writer.write(encode_frame({"op": "generate", "request": req.model_dump(), "coalesce_ms": coalesce_ms}))
             await writer.drain()
             while True:
                 try:

@@ -182,7 +182,7 @@ class Engine:
         """The KV prefix ``Llama.generate`` will reuse for these tokens (same rule as its own)."""
         n_cached = self.llm.n_tokens
         shared = 0
-        for a, b in zip(self.llm._input_ids[:n_cached], tokens):
+        for a, b in zip(self.llm._input_ids[:n_cached], tokens, strict=False):
             if a != b:
                 break
             shared += 1

@@ -1,0 +1,161 @@
+"""Streamed generation speed through the daemon versus llama-cpp-python in-process, side by side.
+
+Both sides use the same GGUF, threads, context, batch, prompt, max_tokens and greedy sampling; the
+repetitions alternate (daemon, direct, daemon, ...) so drift in clock speed or temperature hits
+both alike. Generation tokens/s is measured at the client: (tokens - 1) / (last token - first token),
+so prompt processing is excluded and the daemon pays for everything between the model and the
+client (IPC, JSON, SSE, HTTP).
+
+    .venv/bin/python bench/throughput.py [--reps 7] [--max-tokens 256] [--stream-interval-ms 20]
+
+Target: daemon / direct >= 0.97.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import smollm_entry, start_daemon, write_registry  # noqa: E402
+from zoe_edge.registry import ensure_model_file, load_registry  # noqa: E402
+
+PROMPT = [{"role": "user", "content": "Write a long, detailed essay about the history of bread, with many examples."}]
+
+
+def daemon_run(url: str, max_tokens: int) -> tuple[float, float, int]:
+    """(ttft s, generation tok/s, completion tokens) for one streamed request through the daemon."""
+    body = {
+        "model": "m",
+        "messages": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first = last = 0.0
+    usage = 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]["completion_tokens"]
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+    return first - started, (usage - 1) / (last - first), usage
+
+
+def direct_run(llm: object, max_tokens: int) -> tuple[float, float, int]:
+    """The same measurement on llama-cpp-python's own streaming chat completion, in this process."""
+    started = time.perf_counter()
+    first = last = 0.0
+    finish = None
+    for chunk in llm.create_chat_completion(  # type: ignore[attr-defined]
+        messages=PROMPT, max_tokens=max_tokens, temperature=0, stream=True
+    ):
+        choice = chunk["choices"][0]
+        finish = choice.get("finish_reason") or finish
+        if choice["delta"].get("content"):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+    # llama-cpp-python's stream carries no usage; a "length" finish means exactly max_tokens were produced
+    if finish != "length":
+        raise SystemExit(f"direct run stopped early ({finish}); pick a prompt that runs to max_tokens")
+    tokens = max_tokens
+    return first - started, (tokens - 1) / (last - first), tokens
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=7, help="measured repetitions per side (default 7)")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        default=20.0,
+        help="the daemon's token coalescing interval (0 = one SSE chunk per token)",
+    )
+    args = parser.parse_args()
+
+    from llama_cpp import Llama
+    from llama_cpp import __version__ as llama_version
+
+    os.environ.setdefault("ZOE_STATE_DIR", str(REPO / ".state"))
+    registry = load_registry(REPO / "models.yaml")
+    entry = registry.models[registry.default_model]
+    path = ensure_model_file(entry, REPO, Path(os.environ["ZOE_STATE_DIR"]))
+    n_ctx, n_batch = 2048, 512
+
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        reg = write_registry(
+            tmp,
+            {
+                "m": smollm_entry(
+                    path,
+                    n_ctx=n_ctx,
+                    n_batch=n_batch,
+                    n_threads=args.threads,
+                    sampling={"temperature": 0.0, "repeat_penalty": 1.0},
+                )
+            },
+        )
+        daemon = start_daemon(reg, tmp, "--stream-interval-ms", str(args.stream_interval_ms))
+        llm = Llama(
+            str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=args.threads, n_threads_batch=args.threads, verbose=False
+        )
+        try:
+            daemon_run(daemon.url, args.max_tokens)  # warm-up, discarded
+            direct_run(llm, args.max_tokens)
+            rows = []
+            for rep in range(args.reps):
+                d = daemon_run(daemon.url, args.max_tokens)
+                p = direct_run(llm, args.max_tokens)
+                rows.append((d, p))
+                print(
+                    f"rep {rep + 1}: daemon {d[1]:6.1f} tok/s ({d[2]} tokens, ttft {d[0] * 1000:5.0f} ms)   "
+                    f"direct {p[1]:6.1f} tok/s (ttft {p[0] * 1000:5.0f} ms)",
+                    flush=True,
+                )
+        finally:
+            daemon.stop()
+
+    d_med = statistics.median(r[0][1] for r in rows)
+    p_med = statistics.median(r[1][1] for r in rows)
+    ratios = [r[0][1] / r[1][1] for r in rows]
+    print()
+    print(
+        f"model {path.name}, threads {args.threads}, n_ctx {n_ctx}, max_tokens {args.max_tokens}, "
+        f"greedy, {args.reps} reps, stream interval {args.stream_interval_ms:g} ms; "
+        f"llama-cpp-python {llama_version}; {platform.machine()}, {os.cpu_count()} cpus"
+    )
+    print(f"median generation: daemon {d_med:.1f} tok/s, direct {p_med:.1f} tok/s")
+    print(
+        f"ratio daemon/direct (median of medians): {d_med / p_med:.3f}  "
+        f"(per-rep ratios {min(ratios):.3f}..{max(ratios):.3f}); target >= 0.97: "
+        f"{'MET' if d_med / p_med >= 0.97 else 'MISSED'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
