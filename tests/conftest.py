@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -74,14 +75,24 @@ class Daemon:
                 continue
         return alive
 
+    def status(self) -> dict[str, Any]:
+        r = httpx.get(self.url + "/admin/status", headers=self.headers, timeout=10)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def worker_pid(self, timeout: float = 10.0) -> int:
+        """The pid of the worker holding the loaded model (waits for one to be loaded)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = self.workers()
-            if len(workers) == 1:
-                return workers[0].pid
+            pid = self.status()["slot"]["pid"]
+            if pid:
+                return int(pid)
             time.sleep(0.05)
-        raise AssertionError(f"expected one worker, found {len(self.workers())}")
+        raise AssertionError(f"no model loaded after {timeout} s: {self.status()['slot']}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

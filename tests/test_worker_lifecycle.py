@@ -33,6 +33,16 @@ def fresh_daemon(tmp_path: Path, smollm_path: Path) -> Daemon:
     d.stop()
 
 
+def wait_for_workers(daemon: Daemon, n: int, timeout: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [p.pid for p in daemon.workers()]
+        if len(pids) == n:
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"expected {n} worker processes, found {len(daemon.workers())}")
+
+
 def read_some_chunks(daemon: Daemon, n: int) -> None:
     with httpx.stream("POST", daemon.v1 + "/chat/completions", json=LONG, timeout=30) as r:
         assert r.status_code == 200
@@ -108,25 +118,27 @@ def test_worker_sigkill_before_first_token_is_a_clean_503(fresh_daemon: Daemon) 
 def test_daemon_shutdown_leaves_no_worker(tmp_path: Path, smollm_path: Path) -> None:
     registry = write_registry(tmp_path, {"m": smollm_entry(smollm_path)})
     d = start_daemon(registry, tmp_path)
-    pid = d.worker_pid()
+    d.worker_pid()
+    pids = wait_for_workers(d, 2)  # the loaded one and the pre-spawned spare
     d.stop()
     assert d.proc.returncode == 0
     deadline = time.monotonic() + 5
-    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not psutil.pid_exists(pid)
+    assert not any(psutil.pid_exists(p) for p in pids)
 
 
 def test_daemon_sigkill_takes_the_worker_with_it(tmp_path: Path, smollm_path: Path) -> None:
     registry = write_registry(tmp_path, {"m": smollm_entry(smollm_path)})
     d = start_daemon(registry, tmp_path)
-    pid = d.worker_pid()
+    d.worker_pid()
+    pids = wait_for_workers(d, 2)
     d.proc.kill()
     d.proc.wait(5)
     deadline = time.monotonic() + 5
-    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not psutil.pid_exists(pid), "an orphaned worker would keep the model in memory"
+    assert not any(psutil.pid_exists(p) for p in pids), "an orphaned worker would keep a model in memory"
 
 
 def test_api_key_required_when_configured(tmp_path: Path, smollm_path: Path) -> None:

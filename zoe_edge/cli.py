@@ -16,6 +16,7 @@ from zoe_edge.config import Settings, is_loopback
 from zoe_edge.errors import RegistryError
 from zoe_edge.gguf_info import GGUFError, read_gguf
 from zoe_edge.registry import Registry, ensure_model_file, load_registry, model_path
+from zoe_edge.supervisor.device import SIMULATED
 
 log = logging.getLogger("zoe_edge")
 
@@ -33,6 +34,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="model registry (default: $ZOE_CONFIG or ./models.yaml)",
     )
     parser.add_argument("--state-dir", type=Path, default=None, help="where assembled models and state live")
+    parser.add_argument(
+        "--profile",
+        choices=["auto", *SIMULATED],
+        default=None,
+        help="plan for this board instead of the registry's device.profile (auto = the machine itself)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=_read_key(args),
         insecure_no_auth=args.insecure_no_auth,
         preload=not args.no_preload,
+        profile=args.profile,
+        admin_key=SecretStr(os.environ["ZOE_ADMIN_KEY"]) if _env("ZOE_ADMIN_KEY") else None,
         max_body_bytes=args.max_body_bytes,
         stream_interval_ms=args.stream_interval_ms,
     )
@@ -154,7 +163,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     registry = _registry_or_exit(args.config)
     settings = _settings(args)
     base = args.config.resolve().parent
-    rows = [("NAME", "FILE", "SIZE", "PRESENT", "ALIASES")]
+    rows: list[tuple[str, ...]] = [("NAME", "FILE", "SIZE", "PRESENT", "ALIASES")]
     for name, entry in registry.models.items():
         try:
             path = (ensure_model_file if args.prepare else model_path)(entry, base, settings.state_dir)
@@ -166,10 +175,53 @@ def cmd_models(args: argparse.Namespace) -> int:
         aliases = ", ".join(registry.aliases_of(name)) or "-"
         default = " (default)" if name == registry.default_model else ""
         rows.append((name + default, shown, size, "yes" if present else "no", aliases))
+    _print_table(rows)
+    if args.profile is not None:
+        _print_plans(registry, settings, args.profile, base)
+    return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-    return 0
+
+
+def _print_plans(registry: Registry, settings: Settings, profile_name: str, base: Path) -> None:
+    """One memory plan per model, as the supervisor would make it on that board."""
+    from zoe_edge.supervisor.device import detect
+    from zoe_edge.supervisor.planner import Budget, plan_entry
+
+    profile = detect(profile_name)
+    budget = Budget.from_settings(profile, registry.device)
+    print(
+        f"\nplan for {profile.name} ({'simulated' if profile.simulated else 'this machine'}, {profile.kind}): "
+        f"{profile.available_bytes // 2**20} MB available, reserve {registry.device.reserve_mb} MB"
+    )
+    rows: list[tuple[str, ...]] = [("NAME", "FITS", "GPU LAYERS", "WEIGHTS", "KV", "COMPUTE", "TOTAL")]
+    reasons = []
+    for name, entry in registry.models.items():
+        try:
+            info = read_gguf(model_path(entry, base, settings.state_dir))
+        except (GGUFError, OSError, ValueError) as exc:
+            rows.append((name, "?", "-", "-", "-", "-", "-"))
+            reasons.append(f"{name}: cannot plan: {exc}")
+            continue
+        plan = plan_entry(name, entry, info, budget)
+        mb = plan.as_dict()
+        rows.append(
+            (
+                name,
+                "yes" if plan.fits else "NO",
+                str(plan.gpu_layers),
+                *(f"{mb[k]:,.0f} MB" for k in ("weights_mb", "kv_mb", "compute_mb", "total_mb")),
+            )
+        )
+        reasons.append(f"{name}: {plan.reason}")
+    _print_table(rows)
+    print()
+    for line in reasons:
+        print(line)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

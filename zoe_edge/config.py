@@ -34,6 +34,7 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=0, le=65535)
     api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
     insecure_no_auth: bool = False
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # a worker that has not loaded its model by then is killed and the load reported failed
@@ -43,6 +44,8 @@ class Settings(BaseModel):
     # text produced faster than this is sent in one chunk per interval (0 = one chunk per token)
     stream_interval_ms: float = Field(default=20.0, ge=0.0, le=1000.0)
     preload: bool = True
+    # overrides the registry's device.profile (simulate a board: "would this fit on a Nano?")
+    profile: str | None = None
 
     def check_bind(self) -> str | None:
         """Why this bind is refused, or ``None``: beyond loopback needs a key or an explicit opt-out."""

@@ -67,6 +67,7 @@ class GGUFInfo:
     embedding_length: int
     head_dim: int
     context_length: int
+    n_vocab: int
     file_type: str
     n_params: int
     has_chat_template: bool
@@ -126,10 +127,18 @@ def _read(path: Path, size: int) -> GGUFInfo:
         embedding_length=embd,
         head_dim=head_dim,
         context_length=int(_field(reader, f"{arch}.context_length", 0) or 0),
+        n_vocab=_vocab_size(reader, arch),
         file_type=FILE_TYPES.get(int(ftype), f"type {ftype}") if ftype is not None else "unknown",
         n_params=n_params,
         has_chat_template=reader.fields.get("tokenizer.chat_template") is not None,
     )
+
+
+def _vocab_size(reader: Any, arch: str) -> int:
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        return len(tokens.data)  # one index per array element; avoids decoding every token string
+    return int(_field(reader, f"{arch}.vocab_size", 0) or 0)
 
 
 def read_gguf(path: Path) -> GGUFInfo:

@@ -62,6 +62,7 @@ class ModelEntry(BaseModel):
     max_tokens: int = Field(default=512, ge=1)
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, top_k=40, min_p=0.05))
     ttl: float | None = 300.0
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
 
     @field_validator("ttl", mode="before")
     @classmethod
@@ -93,12 +94,53 @@ class ModelEntry(BaseModel):
         return value
 
 
+class DeviceSettings(BaseModel):
+    """Which board to plan for and how much of its memory to leave to the rest of the house."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = "auto"
+    reserve_mb: int = Field(default=1536, ge=0)
+    overhead_mb: int = Field(default=200, ge=0)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str) -> str:
+        from zoe_edge.supervisor.device import SIMULATED
+
+        if value != "auto" and value not in SIMULATED:
+            raise ValueError(f"unknown profile {value!r}; use auto or one of {sorted(SIMULATED)}")
+        return value
+
+
+class AdmissionSettings(BaseModel):
+    """How long requests may queue for the single slot, and how hard the slot resists swapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queue: int = Field(default=32, ge=1, le=4096)
+    deadline: float = 120.0
+    min_residency: float = 10.0
+    spare_worker: bool = True
+
+    @field_validator("deadline", "min_residency", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise ValueError("needs a finite duration such as '30s'")
+        return seconds
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default: str
     models: dict[str, ModelEntry] = Field(min_length=1)
     aliases: dict[str, str] = Field(default_factory=dict)
+    preload: str | None = Field(default=None, description="model loaded at start; default: the default model")
+    device: DeviceSettings = Field(default_factory=DeviceSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     @model_validator(mode="after")
     def _names(self) -> Registry:
@@ -113,6 +155,8 @@ class Registry(BaseModel):
                 problems.append(f"alias {alias!r}: points to unknown model {target!r}")
         if self.default not in self.models and self.default not in self.aliases:
             problems.append(f"default: {self.default!r} is neither a model nor an alias")
+        if self.preload not in (None, "none") and self.lookup(self.preload) is None:
+            problems.append(f"preload: {self.preload!r} is neither a model nor an alias (or 'none')")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -129,6 +173,12 @@ class Registry(BaseModel):
 
     def aliases_of(self, model: str) -> list[str]:
         return [alias for alias, target in self.aliases.items() if target == model]
+
+    @property
+    def preload_model(self) -> str | None:
+        if self.preload == "none":
+            return None
+        return self.lookup(self.preload) if self.preload else self.default_model
 
     @property
     def default_model(self) -> str:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from zoe_edge import __version__
-from zoe_edge.api import openai
+from zoe_edge.api import admin, openai
 from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.config import Settings
@@ -29,8 +29,7 @@ async def ready(request: web.Request) -> web.Response:
     """Ready when the default model is loaded, or its file is present and a valid GGUF."""
     supervisor = request.app[SUPERVISOR]
     model = request.app[REGISTRY].default_model
-    status = supervisor.status
-    if status.model == model and status.state in (SlotState.READY, SlotState.BUSY):
+    if supervisor.loaded == model and supervisor.state in (SlotState.READY, SlotState.BUSY):
         return web.json_response({"status": "ready", "model": model, "loaded": True})
     problem = await supervisor.check_loadable(model)
     if problem is None:
@@ -46,6 +45,7 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     openai.add_routes(app)
+    admin.add_routes(app)
     app.cleanup_ctx.append(_supervisor_lifetime)
     return app
 

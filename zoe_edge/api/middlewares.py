@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from zoe_edge.api import openai
 from zoe_edge.api.common import SETTINGS
+from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
     Forbidden,
     InvalidRequest,
@@ -100,16 +102,25 @@ def _log_error(request: web.Request, exc: ZoeError) -> None:
     )
 
 
-@web.middleware
-async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    key = request.app[SETTINGS].api_key
-    if key is None or request.path in PUBLIC_PATHS:
-        return await handler(request)
+def _check_bearer(request: web.Request, key: SecretStr, what: str) -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <key>'")
     # constant time, so response timing reveals nothing about how much of the key matched
     if not hmac.compare_digest(presented.strip().encode(), key.get_secret_value().encode()):
-        raise Unauthorized("invalid API key")
+        raise Unauthorized(f"invalid {what}")
+
+
+@web.middleware
+async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    if request.path.startswith("/admin"):
+        if settings.admin_key is not None:
+            _check_bearer(request, settings.admin_key, "admin key")
+        elif not is_loopback(request.remote or ""):
+            raise Forbidden("the admin API answers only on loopback until an admin key is set (ZOE_ADMIN_KEY)")
+        return await handler(request)
+    if settings.api_key is not None and request.path not in PUBLIC_PATHS:
+        _check_bearer(request, settings.api_key, "API key")
     return await handler(request)

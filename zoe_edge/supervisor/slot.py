@@ -1,13 +1,15 @@
 """The single model slot: one worker process, one loaded model, one generation at a time.
 
-The slot carries out decisions; it does not make them. It loads the requested model when another
-(or none) is loaded, streams one generation at a time, and notices a dead worker so the next
-request starts a fresh one.
+The slot carries out decisions made elsewhere (:mod:`.planner` says whether a model fits,
+:mod:`.scheduler` says who goes next and how long a newcomer would wait). One task, the
+scheduler loop, owns every load, swap and unload, so a client that disconnects mid-load cannot
+leave the slot half swapped. Requests hold the slot only while they stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -22,16 +24,19 @@ import psutil
 
 from zoe_edge.canonical import ErrorEvent, Event, GenerationRequest
 from zoe_edge.config import Settings
-from zoe_edge.errors import ModelLoadFailed, ServiceUnavailable, WorkerFailed
-from zoe_edge.gguf_info import GGUFError, read_gguf
+from zoe_edge.errors import ModelLoadFailed, ServiceUnavailable, WorkerFailed, ZoeError
+from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import ModelEntry, Registry, ensure_model_file
+from zoe_edge.supervisor import device, scheduler
+from zoe_edge.supervisor.planner import Budget, Plan, plan_entry
 from zoe_edge.worker.client import WorkerProcess
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
 
 log = logging.getLogger("zoe_edge.supervisor")
 
-# llama.cpp clamps the layer count to the model's; a CPU-only build ignores it altogether
-ALL_LAYERS = 999
+MiB = device.MiB
+CRASH_WINDOW_S = 60.0
+CRASHES_BEFORE_BACKOFF = 3
 
 
 class SlotState(str, enum.Enum):
@@ -43,43 +48,57 @@ class SlotState(str, enum.Enum):
     FAILED = "failed"
 
 
+class ModelTooLarge(ServiceUnavailable):
+    code = "model_too_large"
+
+
 def default_threads() -> int:
     """Physical cores: llama.cpp gains nothing from SMT siblings and loses to contention."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def load_spec(name: str, entry: ModelEntry, path: Path) -> LoadSpec:
+def load_spec(name: str, entry: ModelEntry, path: Path, gpu_layers: int) -> LoadSpec:
     return LoadSpec(
         name=name,
         path=str(path),
         n_ctx=entry.n_ctx,
         n_batch=min(entry.n_batch, entry.n_ctx),
         n_threads=entry.n_threads or default_threads(),
-        n_gpu_layers=ALL_LAYERS if entry.gpu_layers == "auto" else entry.gpu_layers,
+        n_gpu_layers=gpu_layers,
         chat_format=entry.chat_format,
+        kv_cache_type=entry.kv_cache_type,
     )
 
 
-@dataclass
-class SlotStatus:
-    state: SlotState = SlotState.UNLOADED
-    model: str | None = None
-    since: float = field(default_factory=time.time)
-    info: ModelInfo | None = None
-    last_error: str | None = None
-    loads: int = 0
-    crashes: int = 0
+def file_signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "model": self.model,
-            "since": self.since,
-            "info": self.info.model_dump() if self.info else None,
-            "last_error": self.last_error,
-            "loads": self.loads,
-            "crashes": self.crashes,
-        }
+
+@dataclass
+class Failure:
+    reason: str
+    count: int
+    retry_at: float
+    signature: tuple[int, int] | None
+
+
+@dataclass
+class _Ticket:
+    model: str | None  # None: an unload request
+    enqueued_at: float
+    granted: asyncio.Future[WorkerProcess | None]
+
+
+@dataclass
+class ModelStats:
+    requests: int = 0
+    service_s: float | None = None
+    load_s: float | None = None
+    crashes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=10))
 
 
 class Supervisor:
@@ -87,29 +106,62 @@ class Supervisor:
         self.registry = registry
         self.registry_dir = registry_dir
         self.settings = settings
-        self.status = SlotStatus()
+        self.admission = registry.admission
+        self.profile = device.detect(settings.profile or registry.device.profile)
+        self.state = SlotState.UNLOADED
+        self.model: str | None = None
+        self.since = time.time()
+        self.info: ModelInfo | None = None
+        self.plan: Plan | None = None
+        self.last_error: str | None = None
+        self.swaps: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self.failures: dict[str, Failure] = {}
+        self.stats: dict[str, ModelStats] = collections.defaultdict(ModelStats)
         self._worker: WorkerProcess | None = None
-        self._slot = asyncio.Lock()  # FIFO: requests are served in arrival order
+        self._spare: WorkerProcess | None = None
+        self._queue: list[_Ticket] = []
+        self._busy_with: str | None = None
+        self._loaded_since = time.monotonic()
+        self._last_used = time.monotonic()
+        self._ttl_override: dict[str, float | None] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._spare_task: asyncio.Task[None] | None = None
         self._closing = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if not self.settings.preload:
+        """Start the scheduler and load the preload model (failures are logged, not fatal)."""
+        self._loop_task = asyncio.create_task(self._run(), name="zoe-slot")
+        model = self.registry.preload_model if self.settings.preload else None
+        if model is None:
+            self._start_spare()
             return
-        model = self.registry.default_model
         try:
-            async with self._slot:
-                await self._ensure_loaded(model)
-        except (ModelLoadFailed, WorkerFailed) as exc:
-            log.error("preload of %r failed: %s", model, exc)
+            await self.load(model)
+        except ZoeError as exc:
+            log.error("preload of %r failed: %s", model, exc.message)
+            self._start_spare()
 
     async def close(self) -> None:
         self._closing = True
-        async with self._slot:
-            await self._unload("shutdown")
+        for ticket in self._queue:
+            if not ticket.granted.done():
+                ticket.granted.set_exception(ServiceUnavailable("zoe-edge is shutting down", retry_after=5))
+        self._queue.clear()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._spare_task is not None:
+            self._spare_task.cancel()
+            await asyncio.gather(self._spare_task, return_exceptions=True)
+        await self._stop_worker("shutdown")
+        if self._spare is not None:
+            await self._spare.stop()
+            self._spare = None
 
-    # --- files -------------------------------------------------------------------------------
+    # --- files and plans ---------------------------------------------------------------------
 
     def model_file(self, model: str) -> Path:
         return ensure_model_file(self.registry.models[model], self.registry_dir, self.settings.state_dir)
@@ -117,95 +169,419 @@ class Supervisor:
     async def check_loadable(self, model: str) -> str | None:
         """Why ``model`` cannot be loaded right now (missing or corrupt file), or ``None``."""
         try:
-            path = await asyncio.to_thread(self.model_file, model)
-            await asyncio.to_thread(read_gguf, path)
+            await self._gguf(model)
         except (GGUFError, OSError, ValueError) as exc:
             return str(exc)
         return None
 
-    # --- the slot ----------------------------------------------------------------------------
+    async def _gguf(self, model: str) -> GGUFInfo:
+        path = await asyncio.to_thread(self.model_file, model)
+        return await asyncio.to_thread(read_gguf, path)
 
-    async def _unload(self, why: str) -> None:
-        worker, self._worker = self._worker, None
-        if worker is None:
+    def budget(self, replacing: bool) -> Budget:
+        profile = device.refresh(self.profile)
+        reclaim = 0
+        if replacing and not profile.simulated and self._worker is not None and self._worker.pid:
+            with contextlib.suppress(psutil.Error):
+                reclaim = psutil.Process(self._worker.pid).memory_info().rss
+        return Budget.from_settings(profile, self.registry.device, reclaim)
+
+    async def plan_for(self, model: str) -> Plan:
+        info = await self._gguf(model)
+        replacing = self.model is not None and self.model != model
+        return plan_entry(model, self.registry.models[model], info, self.budget(replacing))
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def _check_failure(self, model: str) -> None:
+        failure = self.failures.get(model)
+        if failure is None:
             return
-        log.info("unloading %r (%s)", self.status.model, why)
-        self.status.state = SlotState.UNLOADING
-        await worker.stop()
-        self.status = SlotStatus(
-            loads=self.status.loads, crashes=self.status.crashes, last_error=self.status.last_error
+        now = time.monotonic()
+        try:
+            signature = file_signature(self.model_file(model))
+        except (OSError, ValueError):
+            signature = None
+        if failure.signature != signature:
+            log.info("file of %r changed since it failed; trying again", model)
+            del self.failures[model]
+            return
+        if now < failure.retry_at:
+            raise ModelLoadFailed(
+                f"model {model!r} failed to load ({failure.reason}); next attempt in {failure.retry_at - now:.0f} s",
+                retry_after=failure.retry_at - now,
+            )
+
+    def expected_wait(self, model: str) -> float:
+        return scheduler.expected_wait(
+            [scheduler.Waiting(t.model, t.enqueued_at) for t in self._queue if t.model],
+            busy_with=self._busy_with,
+            loaded=self.model,
+            target=model,
+            service_s={m: s.service_s for m, s in self.stats.items() if s.service_s is not None},
+            load_s={m: s.load_s for m, s in self.stats.items() if s.load_s is not None},
         )
 
-    async def _ensure_loaded(self, model: str) -> WorkerProcess:
-        worker = self._worker
-        if worker is not None and worker.alive and self.status.model == model:
-            return worker
-        if worker is not None and not worker.alive:
-            self.status.crashes += 1
-            log.warning("worker for %r %s; starting a fresh one", self.status.model, "died")
-        await self._unload(f"switching to {model!r}" if worker is not None else "not loaded")
+    async def _admit(self, model: str, deadline: float | None) -> _Ticket:
+        if self._closing:
+            raise ServiceUnavailable("zoe-edge is shutting down", retry_after=5)
+        self._check_failure(model)
+        if model != self.model or self._worker is None:
+            try:
+                plan = await self.plan_for(model)
+            except (GGUFError, OSError, ValueError) as exc:
+                self._record_failure(model, str(exc))
+                raise ModelLoadFailed(f"model {model!r} cannot be loaded: {exc}", retry_after=10) from None
+            if not plan.fits:
+                raise ModelTooLarge(f"model {model!r} {plan.reason}", retry_after=60)
+        if len(self._queue) >= self.admission.max_queue:
+            raise ServiceUnavailable(
+                f"the local model is busy: {len(self._queue)} requests are queued (limit {self.admission.max_queue})",
+                code="queue_full",
+                retry_after=self.expected_wait(model),
+            )
+        limit = self.admission.deadline if deadline is None else deadline
+        wait = self.expected_wait(model)
+        if (self._busy_with or self._queue) and wait > limit:
+            raise ServiceUnavailable(
+                f"the local model is busy: expected wait {wait:.1f} s exceeds the {limit:.1f} s deadline",
+                code="busy",
+                retry_after=wait,
+            )
+        ticket = _Ticket(model, time.monotonic(), asyncio.get_running_loop().create_future())
+        self._queue.append(ticket)
+        self._wake.set()
+        return ticket
 
-        problem = await self.check_loadable(model)
-        if problem is not None:
-            self._fail(model, problem)
-            raise ModelLoadFailed(f"model {model!r} cannot be loaded: {problem}", retry_after=30)
-        spec = load_spec(model, self.registry.models[model], self.model_file(model))
-        self.status = SlotStatus(SlotState.LOADING, model, loads=self.status.loads, crashes=self.status.crashes)
-        started = time.perf_counter()
-        worker = WorkerProcess(label=f"worker:{model}")
+    async def _await_grant(self, ticket: _Ticket, deadline: float | None) -> WorkerProcess | None:
+        limit = (self.admission.deadline if deadline is None else deadline) + self.settings.load_timeout_s
         try:
-            await worker.start()
+            return await asyncio.wait_for(asyncio.shield(ticket.granted), limit)
+        except asyncio.TimeoutError:
+            self._withdraw(ticket)
+            raise ServiceUnavailable(
+                f"the local model did not become free within {limit:.0f} s", code="busy", retry_after=limit
+            ) from None
+        except asyncio.CancelledError:
+            self._withdraw(ticket)
+            raise
+
+    def _withdraw(self, ticket: _Ticket) -> None:
+        """A waiter gave up: drop its ticket, or hand the slot back if it was granted meanwhile."""
+        if ticket in self._queue:
+            self._queue.remove(ticket)
+        if ticket.granted.done() and not ticket.granted.cancelled() and ticket.granted.exception() is None:
+            self._release(ticket.model, 0.0, count=False)
+        elif not ticket.granted.done():
+            ticket.granted.cancel()
+
+    # --- the public verbs --------------------------------------------------------------------
+
+    async def generate(
+        self, model: str, req: GenerationRequest, deadline: float | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """Stream one generation on ``model``, loading or swapping first if needed.
+
+        Raises :class:`ServiceUnavailable` (busy, queue full, too large) or :class:`ModelLoadFailed`
+        before the first event; after that, failures arrive as an :class:`ErrorEvent`. Callers
+        must close the iterator (``contextlib.aclosing``) so an abandoned request frees the slot.
+        """
+        ticket = await self._admit(model, deadline)
+        worker = await self._await_grant(ticket, deadline)
+        assert worker is not None
+        started = time.monotonic()
+        crashed = False
+        try:
+            stream = worker.generate(req, self.settings.stall_timeout_s, self.settings.stream_interval_ms)
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    if isinstance(event, ErrorEvent) and event.code in ("worker_crashed", "worker_timeout"):
+                        crashed = True
+                        self.last_error = event.message
+                    yield event
+        finally:
+            self._release(model, time.monotonic() - started, crashed=crashed)
+
+    async def load(self, model: str) -> Plan:
+        """Make ``model`` the loaded one (admin API, preload); returns its plan."""
+        ticket = await self._admit(model, self.settings.load_timeout_s)
+        await self._await_grant(ticket, self.settings.load_timeout_s)
+        self._release(model, 0.0, count=False)
+        assert self.plan is not None
+        return self.plan
+
+    async def unload(self) -> str | None:
+        """Unload whatever is loaded once in-flight work is done; returns the model that was loaded."""
+        was = self.model
+        ticket = _Ticket(None, time.monotonic(), asyncio.get_running_loop().create_future())
+        self._queue.append(ticket)
+        self._wake.set()
+        await ticket.granted
+        return was
+
+    def set_keep_alive(self, model: str, ttl: float | None) -> None:
+        """Override a model's idle TTL (``None`` keeps it loaded until told otherwise)."""
+        self._ttl_override[model] = ttl
+        self._wake.set()
+
+    def _release(self, model: str | None, elapsed: float, *, crashed: bool = False, count: bool = True) -> None:
+        if model is not None and count:
+            stats = self.stats[model]
+            stats.requests += 1
+            stats.service_s = scheduler.ewma(stats.service_s, elapsed)
+        if crashed and model is not None:
+            self.stats[model].crashes.append(time.monotonic())
+        self._busy_with = None
+        self._last_used = time.monotonic()
+        if self.state == SlotState.BUSY:
+            self.state = SlotState.READY
+        self._wake.set()
+
+    # --- the scheduler loop (the only code that loads and unloads) -----------------------------
+
+    def _ttl(self, model: str) -> float | None:
+        if model in self._ttl_override:
+            return self._ttl_override[model]
+        return self.registry.models[model].ttl
+
+    def _idle_deadline(self) -> float | None:
+        if self.model is None or self._busy_with is not None or self._queue:
+            return None
+        ttl = self._ttl(self.model)
+        return None if ttl is None else self._last_used + ttl
+
+    async def _run(self) -> None:
+        while True:
+            deadline = self._idle_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            try:
+                await self._step()
+            except Exception:  # the loop must survive anything one step does
+                log.exception("scheduler step failed")
+
+    async def _step(self) -> None:
+        if self._worker is not None and not self._worker.alive and self._busy_with is None:
+            await self._worker_died()
+        deadline = self._idle_deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            await self._stop_worker(f"idle for {self._ttl(self.model or ''):.0f} s (ttl)")
+            return
+        while self._busy_with is None and self._queue:
+            if self._queue[0].model is None or all(t.model is None for t in self._queue):
+                unload = next(t for t in self._queue if t.model is None)
+                self._queue.remove(unload)
+                await self._stop_worker("requested")
+                if not unload.granted.done():
+                    unload.granted.set_result(None)
+                continue
+            pending = [t for t in self._queue if t.model is not None]
+            choice = scheduler.choose_next(
+                [scheduler.Waiting(t.model or "", t.enqueued_at) for t in pending],
+                self.model if self._worker is not None else None,
+                self._loaded_since,
+                time.monotonic(),
+                self.admission.min_residency,
+            )
+            if choice is None:
+                return
+            ticket = pending[choice.index]
+            self._queue.remove(ticket)
+            if ticket.granted.done():  # the client gave up while queued
+                continue
+            assert ticket.model is not None
+            try:
+                worker = await self._ensure_loaded(ticket.model, choice.reason)
+            except ZoeError as exc:
+                self._fail_waiting(ticket, exc)
+                continue
+            if ticket.granted.done():
+                continue
+            self._busy_with = ticket.model
+            self.state = SlotState.BUSY
+            ticket.granted.set_result(worker)
+
+    def _fail_waiting(self, ticket: _Ticket, exc: ZoeError) -> None:
+        """A load failed: its requester and everyone queued for the same model get the error."""
+        for t in [ticket, *[t for t in self._queue if t.model == ticket.model]]:
+            if t in self._queue:
+                self._queue.remove(t)
+            if not t.granted.done():
+                t.granted.set_exception(exc)
+
+    async def _worker_died(self) -> None:
+        worker = self._worker
+        assert worker is not None
+        model = self.model or "?"
+        log.error("worker for %r (pid %s) %s", model, worker.pid, "died")
+        stats = self.stats[model]
+        recent = [t for t in stats.crashes if time.monotonic() - t < CRASH_WINDOW_S]
+        await self._stop_worker("worker died")
+        if len(recent) >= CRASHES_BEFORE_BACKOFF:
+            self._record_failure(model, f"worker crashed {len(recent)} times in {CRASH_WINDOW_S:.0f} s")
+
+    async def _ensure_loaded(self, model: str, why: str) -> WorkerProcess:
+        if self._worker is not None and not self._worker.alive:
+            await self._worker_died()
+        if self._worker is not None and self.model == model:
+            return self._worker
+        self._check_failure(model)
+        plan = await self.plan_for(model)
+        if not plan.fits:
+            raise ModelTooLarge(f"model {model!r} {plan.reason}", retry_after=60)
+        previous = self.model
+        started = time.monotonic()
+        await self._stop_worker(f"swap to {model!r}")
+        self.state, self.model, self.since, self.plan = SlotState.LOADING, model, time.time(), plan
+        path = self.model_file(model)
+        spec = load_spec(model, self.registry.models[model], path, plan.gpu_layers)
+        worker = await self._take_spare(model)
+        try:
             info = await worker.load(spec, self.settings.load_timeout_s)
         except (ModelLoadFailed, WorkerFailed) as exc:
             await worker.stop()
-            self._fail(model, str(exc))
-            raise ModelLoadFailed(str(exc), retry_after=30) from None
+            self._record_failure(model, exc.message)
+            self._start_spare()
+            raise ModelLoadFailed(exc.message, retry_after=self.failures[model].retry_at - time.monotonic()) from None
         except BaseException:
             await worker.stop()
+            self.state, self.model = SlotState.UNLOADED, None
             raise
-        self._worker = worker
-        self.status.state = SlotState.READY
-        self.status.info = info
-        self.status.loads += 1
+        duration = time.monotonic() - started
+        self._worker, self.info, self.state = worker, info, SlotState.READY
+        self._loaded_since = self._last_used = time.monotonic()
+        self.failures.pop(model, None)
+        stats = self.stats[model]
+        stats.load_s = duration
+        self.swaps.append(
+            {
+                "at": time.time(),
+                "from": previous,
+                "to": model,
+                "duration_ms": round(duration * 1000, 1),
+                "llama_load_ms": info.load_ms,
+                "gpu_layers": plan.gpu_layers,
+                "reason": why,
+            }
+        )
         log.info(
-            "loaded %r in %.0f ms (llama.cpp %.0f ms, pid %d)",
+            "loaded %r in %.0f ms (llama.cpp %.0f ms, pid %d, %d GPU layers; %s)",
             model,
-            (time.perf_counter() - started) * 1000,
+            duration * 1000,
             info.load_ms,
             info.pid,
+            plan.gpu_layers,
+            why,
         )
+        self._start_spare()
         return worker
 
-    def _fail(self, model: str, reason: str) -> None:
-        log.error("model %r failed: %s", model, reason)
-        self.status = SlotStatus(
-            SlotState.FAILED, model, last_error=reason, loads=self.status.loads, crashes=self.status.crashes
-        )
+    def _record_failure(self, model: str, reason: str) -> None:
+        previous = self.failures.get(model)
+        count = previous.count + 1 if previous else 1
+        delay = scheduler.backoff_s(count)
+        try:
+            signature = file_signature(self.model_file(model))
+        except (OSError, ValueError):
+            signature = None
+        self.failures[model] = Failure(reason, count, time.monotonic() + delay, signature)
+        self.last_error = reason
+        if self.model == model or self.model is None:
+            self.state, self.model = SlotState.FAILED, model
+        log.error("model %r failed (%d in a row, next attempt in %.0f s): %s", model, count, delay, reason)
 
-    async def generate(self, model: str, req: GenerationRequest) -> AsyncGenerator[Event, None]:
-        """Stream one generation on ``model``, loading it first if needed.
+    async def _stop_worker(self, why: str) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        log.info("unloading %r (%s)", self.model, why)
+        self.state = SlotState.UNLOADING
+        await worker.stop()
+        self.state, self.model, self.info, self.plan, self.since = SlotState.UNLOADED, None, None, None, time.time()
 
-        Raises :class:`ModelLoadFailed` or :class:`ServiceUnavailable` before the first event; after
-        that, failures arrive as an :class:`ErrorEvent`. Callers must close the iterator
-        (``contextlib.aclosing``) so an abandoned request frees the slot at once.
-        """
-        if self._closing:
-            raise ServiceUnavailable("zoe-edge is shutting down", retry_after=5)
-        async with self._slot:
-            worker = await self._ensure_loaded(model)
-            self.status.state = SlotState.BUSY
-            try:
-                async with contextlib.aclosing(
-                    worker.generate(req, self.settings.stall_timeout_s, self.settings.stream_interval_ms)
-                ) as events:
-                    async for event in events:
-                        if isinstance(event, ErrorEvent) and event.code in ("worker_crashed", "worker_timeout"):
-                            self.status.crashes += 1
-                            self.status.last_error = event.message
-                        yield event
-            finally:
-                if worker.alive:
-                    self.status.state = SlotState.READY
-                else:
-                    # the next request starts a fresh worker; clean this one up now
-                    await self._unload("worker died")
+    # --- the spare worker: process start-up off the swap's critical path ------------------------
+
+    def _start_spare(self) -> None:
+        if not self.admission.spare_worker or self._closing or self._spare is not None:
+            return
+        if self._spare_task is not None and not self._spare_task.done():
+            return
+        self._spare_task = asyncio.create_task(self._spawn_spare(), name="zoe-spare-worker")
+
+    async def _spawn_spare(self) -> None:
+        spare = WorkerProcess(label="worker:spare")
+        try:
+            await spare.start()
+        except (WorkerFailed, OSError) as exc:
+            log.warning("could not start a spare worker: %s", exc)
+            await spare.stop()
+            return
+        self._spare = spare
+
+    async def _take_spare(self, model: str) -> WorkerProcess:
+        if self._spare_task is not None and not self._spare_task.done():
+            await asyncio.gather(self._spare_task, return_exceptions=True)
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.alive:
+            spare.label = f"worker:{model}"
+            return spare
+        if spare is not None:
+            await spare.stop()
+        worker = WorkerProcess(label=f"worker:{model}")
+        await worker.start()
+        return worker
+
+    # --- reporting ---------------------------------------------------------------------------
+
+    def queue_by_model(self) -> dict[str, int]:
+        return dict(collections.Counter(t.model for t in self._queue if t.model))
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        worker = self._worker
+        rss = None
+        if worker is not None and worker.pid:
+            with contextlib.suppress(psutil.Error):
+                rss = psutil.Process(worker.pid).memory_info().rss // MiB
+        profile = device.refresh(self.profile)
+        return {
+            "profile": profile.as_dict(),
+            "memory": {
+                "reserve_mb": self.registry.device.reserve_mb,
+                "overhead_mb": self.registry.device.overhead_mb,
+                "usable_mb": max(0, profile.available_bytes // MiB - self.registry.device.reserve_mb),
+            },
+            "slot": {
+                "state": self.state.value,
+                "model": self.model,
+                "since": self.since,
+                "pid": worker.pid if worker else None,
+                "worker_rss_mb": rss,
+                "info": self.info.model_dump() if self.info else None,
+                "plan": self.plan.as_dict() if self.plan else None,
+                "busy_with": self._busy_with,
+                "idle_unload_in_s": None if (d := self._idle_deadline()) is None else round(d - now, 1),
+                "spare_worker": self._spare.pid if self._spare and self._spare.alive else None,
+            },
+            "queue": {"length": len(self._queue), "by_model": self.queue_by_model()},
+            "swaps": list(self.swaps),
+            "failures": {
+                m: {"reason": f.reason, "count": f.count, "retry_in_s": round(max(0.0, f.retry_at - now), 1)}
+                for m, f in self.failures.items()
+            },
+            "models": {
+                m: {
+                    "requests": s.requests,
+                    "mean_request_s": None if s.service_s is None else round(s.service_s, 3),
+                    "load_s": None if s.load_s is None else round(s.load_s, 3),
+                }
+                for m, s in self.stats.items()
+            },
+            "last_error": self.last_error,
+        }
+
+    @property
+    def loaded(self) -> str | None:
+        return self.model if self._worker is not None else None

@@ -92,6 +92,7 @@ class Engine:
         self._llama_cpp = llama_cpp
         self.spec = spec
         started = time.perf_counter()
+        kv_type = {"f16": None, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}[spec.kv_cache_type]
         try:
             self.llm = llama_cpp.Llama(
                 model_path=spec.path,
@@ -100,6 +101,10 @@ class Engine:
                 n_threads=spec.n_threads,
                 n_threads_batch=spec.n_threads,
                 n_gpu_layers=spec.n_gpu_layers,
+                type_k=kv_type,
+                type_v=kv_type,
+                # llama.cpp can only quantise the V cache with flash attention on
+                flash_attn=kv_type is not None,
                 verbose=False,
             )
         except Exception as exc:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import socket
 import struct
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +36,7 @@ class LoadSpec(BaseModel):
     n_threads: int = Field(ge=1)
     n_gpu_layers: int = Field(ge=0)
     chat_format: str = "auto"
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
 
 
 class ModelInfo(BaseModel):

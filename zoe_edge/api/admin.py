@@ -1,0 +1,50 @@
+"""The owner's API: what the slot is doing, and load/unload by registry name (never by path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from zoe_edge.api.common import REGISTRY, SUPERVISOR
+from zoe_edge.errors import ModelNotFound
+from zoe_edge.registry import Registry
+
+
+def _registry_model(registry: Registry, name: str) -> str:
+    model = registry.lookup(name)
+    if model is None:
+        raise ModelNotFound(f"{name!r} is not in the registry. Available: {', '.join(registry.names())}", param="name")
+    return model
+
+
+async def status(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    registry = request.app[REGISTRY]
+    body: dict[str, Any] = supervisor.status()
+    body["registry"] = {
+        "default": registry.default_model,
+        "models": {name: {"aliases": registry.aliases_of(name)} for name in registry.models},
+    }
+    return web.json_response(body)
+
+
+async def load(request: web.Request) -> web.Response:
+    model = _registry_model(request.app[REGISTRY], request.match_info["name"])
+    plan = await request.app[SUPERVISOR].load(model)
+    return web.json_response({"loaded": model, "plan": plan.as_dict()})
+
+
+async def unload(request: web.Request) -> web.Response:
+    model = _registry_model(request.app[REGISTRY], request.match_info["name"])
+    supervisor = request.app[SUPERVISOR]
+    if supervisor.loaded != model:
+        return web.json_response({"unloaded": None, "loaded": supervisor.loaded})
+    was = await supervisor.unload()
+    return web.json_response({"unloaded": was, "loaded": supervisor.loaded})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/status", status)
+    app.router.add_post("/admin/models/{name}/load", load)
+    app.router.add_post("/admin/models/{name}/unload", unload)

@@ -1,0 +1,181 @@
+"""Does a model fit this board, and with how many GPU layers? A pure function with its reasons.
+
+The estimate follows llama.cpp's own allocations (checked against its log on SmolLM2 and Gemma 3):
+
+* weights: the GGUF file size (tensors are mapped or copied whole);
+* KV cache: 2 (K and V) x layers x KV heads x head dim x context x bytes per element;
+* compute buffer: the graph is reserved for a full micro-batch, and its peak is the larger of the
+  logits (micro-batch x vocabulary x 4 bytes) and the attention scores (micro-batch x context x
+  heads x 4 bytes), plus activations (micro-batch x embedding x 16 bytes);
+* a fixed overhead for the worker process and, on a GPU, the CUDA context.
+
+Available memory is ``MemAvailable`` minus the configured reserve, plus what the model being
+replaced gives back. Never more: a plan that needs swap is a plan that does not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from zoe_edge.gguf_info import GGUFInfo
+from zoe_edge.registry import DeviceSettings, ModelEntry
+from zoe_edge.supervisor.device import DeviceProfile, MiB
+
+KVCacheType = Literal["f16", "q8_0", "q4_0"]
+KV_BYTES: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+MAX_UBATCH = 512
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The GGUF facts the estimate needs (see :class:`zoe_edge.gguf_info.GGUFInfo`)."""
+
+    size_bytes: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    embedding_length: int
+    n_vocab: int
+
+    @classmethod
+    def from_gguf(cls, info: GGUFInfo) -> ModelShape:
+        return cls(
+            size_bytes=info.size_bytes,
+            n_layers=info.n_layers,
+            n_heads=info.n_heads,
+            n_kv_heads=info.n_kv_heads,
+            head_dim=info.head_dim,
+            embedding_length=info.embedding_length,
+            n_vocab=info.n_vocab,
+        )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much memory a model may take, and the knobs that bound it."""
+
+    profile: DeviceProfile
+    reserve_bytes: int
+    overhead_bytes: int
+    reclaimable_bytes: int = 0  # what unloading the current model returns
+
+    @classmethod
+    def from_settings(cls, profile: DeviceProfile, settings: DeviceSettings, reclaimable: int = 0) -> Budget:
+        return cls(profile, settings.reserve_mb * MiB, settings.overhead_mb * MiB, reclaimable)
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    fits: bool
+    gpu_layers: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    available_bytes: int
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        for key in list(out):
+            if key.endswith("_bytes"):
+                out[key.replace("_bytes", "_mb")] = round(out.pop(key) / MiB, 1)
+        return out
+
+
+def kv_cache_bytes(shape: ModelShape, n_ctx: int, cache_type: KVCacheType = "f16") -> int:
+    return int(2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * n_ctx * KV_BYTES[cache_type])
+
+
+def compute_buffer_bytes(shape: ModelShape, n_ctx: int, n_batch: int) -> int:
+    ubatch = min(n_batch, MAX_UBATCH, n_ctx)
+    logits = ubatch * shape.n_vocab * 4
+    scores = ubatch * n_ctx * shape.n_heads * 4
+    activations = ubatch * shape.embedding_length * 16
+    return max(logits, scores) + activations
+
+
+def _mb(n: int) -> str:
+    return f"{n / MiB:,.0f} MB"
+
+
+def plan_model(
+    name: str,
+    shape: ModelShape,
+    *,
+    n_ctx: int,
+    n_batch: int,
+    gpu_layers: int | Literal["auto"],
+    budget: Budget,
+    cache_type: KVCacheType = "f16",
+) -> Plan:
+    """Decide whether ``name`` fits ``budget`` and how many layers go to the GPU."""
+    profile = budget.profile
+    weights = shape.size_bytes
+    kv = kv_cache_bytes(shape, n_ctx, cache_type)
+    compute = compute_buffer_bytes(shape, n_ctx, n_batch)
+    overhead = budget.overhead_bytes
+    total = weights + kv + compute + overhead
+    ram = max(0, profile.available_bytes + budget.reclaimable_bytes - budget.reserve_bytes)
+    all_layers = shape.n_layers + 1  # the output layer counts as one more in llama.cpp
+    cap = all_layers if gpu_layers == "auto" else min(gpu_layers, all_layers)
+    breakdown = (
+        f"weights {_mb(weights)} + KV {_mb(kv)} ({n_ctx} ctx, {cache_type}) + compute {_mb(compute)} "
+        f"+ overhead {_mb(overhead)} = {_mb(total)}"
+    )
+
+    fits, layers, why = _decide(profile, budget, shape, weights + kv, compute + overhead, total, ram, cap)
+    return Plan(name, fits, layers, weights, kv, compute, overhead, total, ram, f"{why}: {breakdown}")
+
+
+def _decide(
+    profile: DeviceProfile,
+    budget: Budget,
+    shape: ModelShape,
+    layered: int,
+    fixed: int,
+    total: int,
+    ram: int,
+    cap: int,
+) -> tuple[bool, int, str]:
+    all_layers = shape.n_layers + 1
+    if profile.kind == "discrete-gpu":
+        # weights and KV split by layer; what is not offloaded stays in RAM
+        per_layer = layered / all_layers
+        room = profile.gpu_free_bytes - fixed
+        layers = max(0, min(cap, int(room // per_layer))) if per_layer > 0 else 0
+        host = int(layered * (1 - layers / all_layers)) + budget.overhead_bytes
+        if host > ram:
+            return False, 0, f"does not fit: {_mb(host)} must stay in RAM, {_mb(ram)} available"
+        return (
+            True,
+            layers,
+            (
+                f"fits with {layers}/{all_layers} layers in {_mb(profile.gpu_free_bytes)} of free GPU memory, "
+                f"{_mb(host)} in RAM"
+            ),
+        )
+    where = f"{_mb(ram)} available on {profile.name} after the {_mb(budget.reserve_bytes)} reserve"
+    if total > ram:
+        return False, 0, f"does not fit: needs {_mb(total)}, {where} ({_mb(total - ram)} short)"
+    if profile.kind == "jetson":
+        # unified memory: a layer on the GPU costs the same DRAM as one on the CPU, so offload all of it
+        return True, cap, f"fits with {cap}/{all_layers} layers on the GPU; {where}"
+    return True, 0, f"fits on the CPU (no GPU); {where}"
+
+
+def plan_entry(name: str, entry: ModelEntry, info: GGUFInfo, budget: Budget) -> Plan:
+    """:func:`plan_model` for a registry entry and its GGUF header."""
+    return plan_model(
+        name,
+        ModelShape.from_gguf(info),
+        n_ctx=entry.n_ctx,
+        n_batch=entry.n_batch,
+        gpu_layers=entry.gpu_layers,
+        budget=budget,
+        cache_type=entry.kv_cache_type,
+    )
