@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon", description="Run the daemon until SIGINT/SIGTERM.")
     _add_common(serve)
     serve.add_argument("--host", default=_env("ZOE_HOST") or "127.0.0.1", help="bind address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=int(_env("ZOE_PORT") or 8001), help="port (default: 8001)")
+    serve.add_argument("--port", type=int, default=_env("ZOE_PORT") or "8001", help="port (default: 8001)")
     serve.add_argument(
         "--api-key-file", type=Path, help="file holding the API key clients must send (or set $ZOE_API_KEY)"
     )
@@ -61,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-body-bytes",
         type=int,
-        default=int(_env("ZOE_MAX_BODY_BYTES") or 8 * 1024 * 1024),
+        default=_env("ZOE_MAX_BODY_BYTES") or str(8 * 1024 * 1024),
         help="largest request body accepted; larger ones get 413 (default: 8 MiB)",
     )
     serve.add_argument(
         "--stream-interval-ms",
         type=float,
-        default=float(_env("ZOE_STREAM_INTERVAL_MS") or 20.0),
+        default=_env("ZOE_STREAM_INTERVAL_MS") or "20",
         help="merge streamed tokens that arrive within this many ms into one chunk; 0 sends every token (default: 20)",
     )
     serve.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
@@ -111,6 +111,9 @@ def _read_key(args: argparse.Namespace) -> SecretStr | None:
     if args.api_key_file is not None:
         try:
             key = args.api_key_file.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            print("error: --api-key-file is not UTF-8 text", file=sys.stderr)
+            raise SystemExit(2) from None
         except OSError as exc:
             print(f"error: cannot read --api-key-file: {exc.strerror}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -59,6 +59,12 @@ class PayloadTooLarge(ZoeError):
     code = "request_too_large"
 
 
+class TooManyRequests(ZoeError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
 class ServiceUnavailable(ZoeError):
     """The local model cannot serve now (busy, loading failed, shutting down); retry later."""
 
@@ -86,6 +92,7 @@ def error_for_status(status: int, message: str, *, code: str | None = None) -> Z
         403: Forbidden,
         404: ModelNotFound,
         413: PayloadTooLarge,
+        429: TooManyRequests,
         503: ServiceUnavailable,
     }
     cls = classes.get(status, ZoeError)

@@ -104,7 +104,10 @@ def _read(path: Path, size: int) -> GGUFInfo:
     try:
         reader = GGUFReader(str(path))
     except Exception as exc:
-        raise GGUFError(f"{path} has a corrupt GGUF header: {exc}") from None
+        # the reader maps every tensor, so a short file fails here before the size check below
+        raise GGUFError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); download or assemble it again"
+        ) from None
     end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > size:
         raise GGUFError(

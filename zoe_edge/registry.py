@@ -11,7 +11,9 @@ The registry is the only place that names models. A model's ``file`` is one of
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from zoe_edge import validation
 from zoe_edge.canonical import Sampling
 from zoe_edge.errors import RegistryError
 from zoe_edge.worker.templates import bundled_formats
@@ -37,6 +40,8 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 300, '5m' or 'never'")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite duration, got {value!r}")
         if value < 0:
             return None
         return float(value)
@@ -68,6 +73,13 @@ class ModelEntry(BaseModel):
     @classmethod
     def _ttl(cls, value: Any) -> float | None:
         return parse_duration(value)
+
+    @field_validator("gpu_layers", mode="before")
+    @classmethod
+    def _no_bool_layers(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML "yes"/"true" would otherwise become 1 layer
+            raise ValueError("use 'auto' or a number of layers >= 0")
+        return value
 
     @field_validator("gpu_layers")
     @classmethod
@@ -206,24 +218,21 @@ def parse_registry(data: Any, source: str = "models.yaml") -> Registry:
     try:
         return Registry.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (check the spelling)"
-            elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict | list):
-                msg = f"{msg} (got {err['input']!r})"
-            if err["loc"]:
-                problems.append(f"{_describe(err['loc'])}: {msg}")
-            else:
-                problems.extend(msg.split("; "))
-        raise RegistryError(source, problems) from None
+        lines = []
+        for loc, msg in validation.problems(exc):
+            if loc:
+                lines.append(f"{_describe(loc)}: {msg}")
+            else:  # the cross-field check joins its problems with "; "
+                lines.extend(msg.split("; "))
+        raise RegistryError(source, lines) from None
 
 
 def load_registry(path: Path) -> Registry:
     """Read and validate ``models.yaml``; every failure is a :class:`RegistryError`, never a traceback."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError(str(path), [f"not valid UTF-8 text (byte {exc.start}); save the file as UTF-8"]) from None
     except OSError as exc:
         raise RegistryError(str(path), [f"cannot read the registry: {exc.strerror or exc}"]) from None
     try:
@@ -241,8 +250,15 @@ def load_registry(path: Path) -> Registry:
 # --- model files ------------------------------------------------------------------------------
 
 
+def _find_spec(module: str) -> importlib.machinery.ModuleSpec | None:
+    try:
+        return importlib.util.find_spec(module)
+    except ImportError:  # a dotted name whose parent package is missing
+        return None
+
+
 def _package_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
+    spec = _find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"Python package {module!r} is not installed")
     return Path(next(iter(spec.submodule_search_locations)))
@@ -255,7 +271,7 @@ def model_path(entry: ModelEntry, registry_dir: Path, state_dir: Path) -> Path:
         module, _, rel = spec[4:].partition("/")
         return _package_dir(module) / rel
     if spec.startswith("assemble:"):
-        if importlib.util.find_spec(spec[9:]) is None:
+        if _find_spec(spec[9:]) is None:
             raise FileNotFoundError(f"Python package {spec[9:]!r} is not installed")
         package = importlib.import_module(spec[9:])
         return state_dir / "models" / str(getattr(package, "MODEL_NAME", spec[9:] + ".gguf"))

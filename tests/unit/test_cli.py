@@ -95,27 +95,12 @@ def test_models_broken_registry_exits_2(capsys: pytest.CaptureFixture[str], tmp_
     assert "model 'a': field 'n_ctx'" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ModuleNotFoundError,
-    reason="BUG: cli.py:173 cmd_models (and doctor, cli.py:206) catch only (OSError, ValueError) around "
-    "model_path, and registry._package_dir lets ModuleNotFoundError out for a dotted pkg: module "
-    "(registry.py:245), so `zoe-edge models` prints a traceback; fix in registry._package_dir (catch ImportError)",
-)
 def test_models_dotted_package_not_installed_is_a_row(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = _registry(tmp_path, "default: a\nmodels:\n  a: {file: 'pkg:zoe_no_such_package.sub/m.gguf'}\n")
     assert main(["models", "--config", str(config)]) == 0
     assert "not installed" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: cli.py:56/64/70 build_parser evaluates int(_env('ZOE_PORT')) (and ZOE_MAX_BODY_BYTES, "
-    "ZOE_STREAM_INTERVAL_MS) while building every subparser, so a malformed variable crashes even "
-    "`zoe-edge models` with a ValueError traceback; fix: use type=int with the raw env string as default "
-    "(argparse converts string defaults and reports errors as usage errors) or validate with a message",
-)
 def test_bad_env_number_is_a_clear_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOE_PORT", "eighty")
     # acceptable: `models` ignores a variable it does not use, or stops with a usage error naming it
@@ -255,13 +240,6 @@ def test_serve_unreadable_key_file(tmp_path: Path) -> None:
     assert "cannot read --api-key-file" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: cli.py _read_key (line 113) catches only OSError around read_text(), so a key file "
-    "that is not UTF-8 ends `zoe-edge serve` with a UnicodeDecodeError traceback; "
-    "fix: also catch UnicodeDecodeError and exit 2 with 'cannot read --api-key-file'",
-)
 def test_serve_binary_key_file(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_bytes(b"\xff\xfe\x00binary")

@@ -115,13 +115,6 @@ def test_gemma_without_generation_prompt() -> None:
     assert prompt == "<bos><start_of_turn>user\nHi<end_of_turn>\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: worker/templates/gemma.jinja:9 prepends pending system text to the next non-system "
-    "turn whatever its role, so [system, assistant, user] puts the system prompt inside the model's "
-    "own turn, against the template's stated rule; fix: only flush ns.system into a 'user' turn",
-)
 def test_gemma_system_before_assistant_greeting_goes_to_user_turn() -> None:
     prompt = _render(
         "gemma",
@@ -131,7 +124,7 @@ def test_gemma_system_before_assistant_greeting_goes_to_user_turn() -> None:
             {"role": "user", "content": "Hi"},
         ],
     )
-    model_turn = prompt.split("<start_of_turn>model\n")[1]
+    model_turn = prompt.split("<start_of_turn>model\n")[1].split("<end_of_turn>")[0]
     assert "Be brief." not in model_turn, prompt
     assert "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>" in prompt
 

@@ -69,15 +69,6 @@ def test_truncated_file(truncated_error: tuple[Path, str]) -> None:
     assert "truncated" in message or "corrupt" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: gguf_info.py:105-107 GGUFReader already fails on a short file (numpy reshape/view "
-    "error), so the 'is truncated ... download or assemble it again' branch (gguf_info.py:109-112) is "
-    "unreachable and a half-downloaded model is reported as 'corrupt GGUF header: cannot reshape "
-    "array...'; fix: when GGUFReader raises, compare the file size with the tensor extents (or at "
-    "least say 'truncated or corrupt') and keep the download/assemble advice",
-)
 def test_truncated_file_says_truncated(truncated_error: tuple[Path, str]) -> None:
     _, message = truncated_error
     assert "truncated" in message, message

@@ -101,12 +101,6 @@ def test_parse_duration_rejects(value: object) -> None:
         parse_duration(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: registry.py:39-42 (parse_duration) accepts float('nan') (YAML `ttl: .nan`) and returns nan; "
-    "NaN compares false with everything, so an idle timer would never (or always) fire",
-)
 def test_parse_duration_rejects_nan() -> None:
     try:
         result = parse_duration(float("nan"))
@@ -249,12 +243,6 @@ def test_several_name_problems_give_several_lines() -> None:
     assert caught.value.source == "inline"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: registry.py:215 (parse_registry) appends ' (got X)' to messages that already end with 'got X' "
-    "(the ttl validator's), so the line reads \"... got 'soon' (got 'soon')\"",
-)
 def test_problem_does_not_repeat_the_bad_value(write_yaml) -> None:
     path = write_yaml(_models("{file: m.gguf, ttl: soon}"))
     with pytest.raises(RegistryError) as caught:
@@ -263,13 +251,6 @@ def test_problem_does_not_repeat_the_bad_value(write_yaml) -> None:
     assert problem.count("'soon'") == 1, problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: registry.py:190 _describe keeps pydantic's union-branch tags in the location, so "
-    "`gpu_layers: all` gives two lines naming fields 'gpu_layers.int' and \"gpu_layers.literal['auto']\"; "
-    "fix: drop union tags from loc (as api/common._is_union_tag does) and merge the duplicates",
-)
 def test_union_field_problem_is_one_line_naming_the_field(write_yaml) -> None:
     path = write_yaml(_models("{file: m.gguf, gpu_layers: all}"))
     with pytest.raises(RegistryError) as caught:
@@ -306,13 +287,6 @@ def test_unreadable_registry_file(write_yaml) -> None:
         path.chmod(0o644)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="BUG: registry.py:226 (load_registry) read_text() raises UnicodeDecodeError (a ValueError, "
-    "not OSError) for a registry that is not UTF-8, so load_registry (and `zoe-edge serve`) die with a "
-    "traceback; fix: catch UnicodeDecodeError next to OSError and report 'not valid UTF-8'",
-)
 def test_non_utf8_registry_is_a_registry_error(write_yaml) -> None:
     path = write_yaml(b"default: a\nmodels:\n  a: {file: caf\xe9.gguf}\n")
     with pytest.raises(RegistryError):
@@ -351,14 +325,6 @@ def test_model_path_pkg_not_installed(tmp_path: Path) -> None:
         model_path(entry, tmp_path, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ModuleNotFoundError,
-    reason="BUG: registry.py:245 (_package_dir) importlib.util.find_spec('a.b') imports the parent 'a' and raises "
-    "ModuleNotFoundError when it is missing; callers (cli models/doctor, list_models) only catch "
-    "OSError/ValueError, so `zoe-edge models` crashes with a traceback; fix: catch ImportError in "
-    "_package_dir (and the assemble: branch) and raise FileNotFoundError",
-)
 def test_model_path_dotted_pkg_not_installed(tmp_path: Path) -> None:
     entry = ModelEntry(file="pkg:zoe_no_such_package.sub/m.gguf")
     with pytest.raises(FileNotFoundError, match="not installed"):

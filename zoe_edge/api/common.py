@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from zoe_edge import validation
 from zoe_edge.config import Settings
 from zoe_edge.errors import InvalidRequest, PayloadTooLarge
 from zoe_edge.registry import Registry
@@ -53,15 +54,9 @@ def parse_body(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        # union members each report; the shortest location is the field the client actually sent
-        first = min(errors, key=lambda e: len(e["loc"]))
-        where = _field_path(tuple(p for p in first["loc"] if not _is_union_tag(p)))
-        msg = first["msg"].removeprefix("Value error, ")
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        found = validation.problems(exc)
+        # the shortest location is the field the client actually sent, not a nested detail
+        loc, msg = min(found, key=lambda p: len(p[0]))
+        where = _field_path(loc)
+        more = f" (and {len(found) - 1} more problem(s))" if len(found) > 1 else ""
         raise InvalidRequest(f"{where or 'body'}: {msg}{more}", param=where or None, code="invalid_value") from None
-
-
-def _is_union_tag(part: int | str) -> bool:
-    # pydantic names union branches like "str" or "list[str]" in the location; clients never wrote those
-    return isinstance(part, str) and (part in {"str", "int", "float", "bool", "dict", "list"} or "[" in part)
