@@ -40,6 +40,20 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
+def deadline_header(request: web.Request) -> float | None:
+    """``X-Zoe-Deadline: <seconds>``: the longest this client will wait for the local model."""
+    raw = request.headers.get("X-Zoe-Deadline")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise InvalidRequest("X-Zoe-Deadline must be a number of seconds between 0 and 86400", param="X-Zoe-Deadline")
+    return value
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:

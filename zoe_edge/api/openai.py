@@ -16,7 +16,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR, parse_body, read_json
+from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR, deadline_header, parse_body, read_json
 from zoe_edge.canonical import (
     ErrorEvent,
     Event,
@@ -300,9 +300,10 @@ async def _serve(
     canonical = with_model_defaults(body.to_canonical(), app[REGISTRY].models[resolution.model])
     request["zoe_model"] = resolution.model
     shape = _Shape(kind, resolution.model)
-    headers = {"x-zoe-model": resolution.model}
+    headers = {"x-zoe-model": resolution.model, "X-Request-Id": request["request_id"]}
+    deadline = deadline_header(request)
 
-    async with contextlib.aclosing(app[SUPERVISOR].generate(resolution.model, canonical)) as events:
+    async with contextlib.aclosing(app[SUPERVISOR].generate(resolution.model, canonical, deadline)) as events:
         first = await anext(events, None)
         if isinstance(first, ErrorEvent):
             raise first.as_exception()

@@ -242,7 +242,7 @@ class Supervisor:
             )
         limit = self.admission.deadline if deadline is None else deadline
         wait = self.expected_wait(model)
-        if (self._busy_with or self._queue) and wait > limit:
+        if wait > limit:
             raise ServiceUnavailable(
                 f"the local model is busy: expected wait {wait:.1f} s exceeds the {limit:.1f} s deadline",
                 code="busy",
