@@ -68,7 +68,10 @@ def cold_load(path: Path, threads: int) -> float:
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", COLD, str(path), str(N_CTX), str(N_BATCH), str(threads)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -95,8 +98,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         common = {"n_ctx": N_CTX, "n_batch": N_BATCH, "n_threads": args.threads}
-        reg = write_registry(tmp, {"smol": smollm_entry(smol, **common),
-                                   "gemma": smollm_entry(gemma, chat_format="gemma", **common)})
+        reg = write_registry(
+            tmp, {"smol": smollm_entry(smol, **common), "gemma": smollm_entry(gemma, chat_format="gemma", **common)}
+        )
         if args.no_spare:
             reg.write_text(reg.read_text() + "admission:\n  spare_worker: false\n")
         d = start_daemon(reg, tmp)
@@ -108,8 +112,11 @@ def main() -> int:
                 swap, recorded = daemon_swap(d, not args.no_spare)
                 cold = cold_load(gemma, args.threads)
                 rows.append((swap, cold))
-                print(f"rep {rep + 1}: daemon swap {swap * 1000:6.0f} ms (recorded {recorded * 1000:5.0f} ms)   "
-                      f"cold load {cold * 1000:6.0f} ms   ratio {swap / cold:.3f}", flush=True)
+                print(
+                    f"rep {rep + 1}: daemon swap {swap * 1000:6.0f} ms (recorded {recorded * 1000:5.0f} ms)   "
+                    f"cold load {cold * 1000:6.0f} ms   ratio {swap / cold:.3f}",
+                    flush=True,
+                )
         finally:
             d.stop()
 
@@ -117,10 +124,14 @@ def main() -> int:
     cold_med = statistics.median(r[1] for r in rows)
     ratio = swap_med / cold_med
     print()
-    print(f"{gemma.name}: n_ctx {N_CTX}, n_batch {N_BATCH}, threads {args.threads}, {args.reps} reps, "
-          f"spare worker {'off' if args.no_spare else 'on'}")
-    print(f"median: daemon swap smol->gemma {swap_med * 1000:.0f} ms, cold load in a fresh process "
-          f"{cold_med * 1000:.0f} ms")
+    print(
+        f"{gemma.name}: n_ctx {N_CTX}, n_batch {N_BATCH}, threads {args.threads}, {args.reps} reps, "
+        f"spare worker {'off' if args.no_spare else 'on'}"
+    )
+    print(
+        f"median: daemon swap smol->gemma {swap_med * 1000:.0f} ms, cold load in a fresh process "
+        f"{cold_med * 1000:.0f} ms"
+    )
     print(f"ratio daemon/cold: {ratio:.3f}; target <= 1.25: {'MET' if ratio <= 1.25 else 'MISSED'}")
     return 0
 

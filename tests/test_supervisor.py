@@ -63,7 +63,11 @@ async def test_interleaved_streams_batch_by_model_and_are_never_cut(pair: Daemon
         await asyncio.sleep(delay)
         text, finish, usage = "", None, 0
         s = await client.chat.completions.create(
-            model=model, messages=PROMPTS[model], max_tokens=16, temperature=0, stream=True,  # type: ignore[arg-type]
+            model=model,
+            messages=PROMPTS[model],
+            max_tokens=16,
+            temperature=0,
+            stream=True,  # type: ignore[arg-type]
             stream_options={"include_usage": True},
         )
         async for chunk in s:
@@ -91,8 +95,13 @@ async def test_interleaved_streams_batch_by_model_and_are_never_cut(pair: Daemon
 
 def test_busy_model_rejects_with_retry_after_when_the_wait_exceeds_the_deadline(pair: Daemon) -> None:
     chat(pair, "smol")  # loaded and measured
-    long = {"model": "smol", "messages": [{"role": "user", "content": "Write a long story."}],
-            "max_tokens": 400, "temperature": 0.7, "stream": True}
+    long = {
+        "model": "smol",
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 400,
+        "temperature": 0.7,
+        "stream": True,
+    }
     started = threading.Event()
 
     def hold() -> None:
@@ -132,11 +141,19 @@ def test_admin_status_load_and_unload(pair: Daemon) -> None:
 def test_queue_full_is_503(tmp_path: Path, model_files: dict[str, Path]) -> None:
     d = start_daemon(two_models(tmp_path, model_files, admission={"max_queue": 1}), tmp_path)
     try:
-        long = {"model": "smol", "messages": [{"role": "user", "content": "Write a long story."}],
-                "max_tokens": 300, "temperature": 0.7}
+        long = {
+            "model": "smol",
+            "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 300,
+            "temperature": 0.7,
+        }
         results: list[httpx.Response] = []
-        threads = [threading.Thread(target=lambda: results.append(
-            httpx.post(d.v1 + "/chat/completions", json=long, timeout=120))) for _ in range(2)]
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(httpx.post(d.v1 + "/chat/completions", json=long, timeout=120))
+            )
+            for _ in range(2)
+        ]
         for t in threads:
             t.start()
             time.sleep(0.3)
@@ -150,8 +167,7 @@ def test_queue_full_is_503(tmp_path: Path, model_files: dict[str, Path]) -> None
         d.stop()
 
 
-def test_model_that_does_not_fit_is_refused_with_the_plans_reason(tmp_path: Path,
-                                                                  model_files: dict[str, Path]) -> None:
+def test_model_that_does_not_fit_is_refused_with_the_plans_reason(tmp_path: Path, model_files: dict[str, Path]) -> None:
     # a simulated Orin Nano with most of its memory reserved: SmolLM2 (~0.5 GB) fits, Gemma (~1 GB) does not
     registry = two_models(tmp_path, model_files, device={"profile": "orin-nano-8gb", "reserve_mb": 5900})
     d = start_daemon(registry, tmp_path)
@@ -159,7 +175,9 @@ def test_model_that_does_not_fit_is_refused_with_the_plans_reason(tmp_path: Path
         r = httpx.post(d.url + "/admin/models/gemma/load", timeout=60)
         assert r.status_code == 503
         err = r.json()["error"]
-        assert err["code"] == "model_too_large" and "does not fit" in err["message"] and "orin-nano-8gb" in err["message"]
+        assert (
+            err["code"] == "model_too_large" and "does not fit" in err["message"] and "orin-nano-8gb" in err["message"]
+        )
         r = chat(d, "gemma")
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_too_large"
         assert chat(d, "smol").status_code == 200
