@@ -234,3 +234,24 @@ def test_idle_ttl_unloads_and_returns_the_memory(tmp_path: Path, model_files: di
         assert "ttl" in d.log()
     finally:
         d.stop()
+
+
+def test_quantised_kv_cache_loads_and_plans_smaller(tmp_path: Path, model_files: dict[str, Path]) -> None:
+    registry = write_registry(
+        tmp_path,
+        {
+            "f16": smollm_entry(model_files["smollm2-135m"]),
+            "q8": smollm_entry(model_files["smollm2-135m"], kv_cache_type="q8_0"),
+        },
+    )
+    d = start_daemon(registry, tmp_path)
+    try:
+        f16_kv = d.status()["slot"]["plan"]["kv_mb"]
+        body = {"model": "q8", "messages": PROMPTS["smol"], "max_tokens": 8, "temperature": 0}
+        r = httpx.post(d.v1 + "/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"]
+        q8_kv = d.status()["slot"]["plan"]["kv_mb"]
+        assert q8_kv == pytest.approx(f16_kv * 34 / 64, rel=0.01)  # 34 bytes per 32 values vs 2 bytes each
+    finally:
+        d.stop()
