@@ -246,8 +246,7 @@ def test_7b_does_not_fit_orin_nano_with_2gb_reserve() -> None:
     # = 1,533,089,792 = 1462.07 MiB
     assert p.available_bytes == 4472 * MiB
     assert p.reason.startswith(
-        "does not fit: needs 5,934 MB, 4,472 MB available on orin-nano-8gb after the 2,048 MB reserve "
-        "(1,462 MB short)"
+        "does not fit: needs 5,934 MB, 4,472 MB available on orin-nano-8gb after the 2,048 MB reserve (1,462 MB short)"
     )
 
 
@@ -369,11 +368,6 @@ def test_discrete_gpu_respects_numeric_cap() -> None:
     assert "10/33 layers" in p.reason and "3,817 MB in RAM" in p.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on a discrete GPU with no room for the compute buffer, the buffer is counted nowhere "
-    "(planner.py _decide: host RAM = un-offloaded layers + overhead only)",
-)
 def test_discrete_gpu_without_room_counts_compute_in_ram() -> None:
     # A full GPU (0 free) offloads nothing, so the whole model runs from RAM exactly as on a CPU
     # board: weights + KV + compute + overhead = 507,831,360 must fit. With 450 MiB = 471,859,200
@@ -585,7 +579,9 @@ def _fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Non
     exe = tmp_path / "nvidia-smi"
     exe.write_text(f"#!/bin/sh\n{body}\n")
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setattr(device.shutil, "which", lambda name: str(exe) if name == "nvidia-smi" else None)
+    monkeypatch.setattr(
+        "zoe_edge.supervisor.device.shutil.which", lambda name: str(exe) if name == "nvidia-smi" else None
+    )
 
 
 @pytest.mark.skipif(os.name != "posix", reason="uses a shell script as nvidia-smi")
@@ -598,7 +594,7 @@ def test_discrete_gpu_free_parses_nvidia_smi(tmp_path: Path, monkeypatch: pytest
 def test_discrete_gpu_free_none_when_nvidia_smi_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_smi(tmp_path, monkeypatch, "echo 'NVIDIA-SMI has failed' >&2; exit 9")
     assert device.discrete_gpu_free() is None
-    monkeypatch.setattr(device.shutil, "which", lambda name: None)
+    monkeypatch.setattr("zoe_edge.supervisor.device.shutil.which", lambda name: None)
     assert device.discrete_gpu_free() is None
 
 

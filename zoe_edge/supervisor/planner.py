@@ -149,6 +149,8 @@ def _decide(
         room = profile.gpu_free_bytes - fixed
         layers = max(0, min(cap, int(room // per_layer))) if per_layer > 0 else 0
         host = int(layered * (1 - layers / all_layers)) + budget.overhead_bytes
+        if room < 0:  # the compute buffer does not fit the GPU either, so it lives in RAM
+            host += fixed - budget.overhead_bytes
         if host > ram:
             return False, 0, f"does not fit: {_mb(host)} must stay in RAM, {_mb(ram)} available"
         return (

@@ -67,7 +67,9 @@ def expected_wait(
     wait = service_s.get(busy_with, DEFAULT_SERVICE_S) / 2 if busy_with else 0.0
     wait += sum(service_s.get(w.model, DEFAULT_SERVICE_S) for w in queue)
     needs_load = {w.model for w in queue} | {target}
-    needs_load.discard(loaded or "")
+    # the loaded model costs no load only if nothing for another model is served before it
+    if not (target == loaded and any(w.model != loaded for w in queue)):
+        needs_load.discard(loaded or "")
     wait += sum(load_s.get(m, DEFAULT_LOAD_S) for m in needs_load)
     return wait
 
@@ -76,7 +78,7 @@ def backoff_s(failures: int, base: float = 10.0, cap: float = 300.0) -> float:
     """10 s, 20 s, 40 s ... up to 5 minutes between attempts to load a model that keeps failing."""
     if failures <= 0:
         return 0.0
-    return float(min(cap, base * 2 ** (failures - 1)))
+    return float(min(cap, base * 2 ** min(failures - 1, 32)))
 
 
 def ewma(previous: float | None, sample: float, weight: float = 0.3) -> float:
