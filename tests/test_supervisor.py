@@ -43,7 +43,7 @@ def two_models(tmp: Path, model_files: dict[str, Path], **extra: Any) -> Path:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Path]) -> Any:
     tmp = tmp_path_factory.mktemp("pair")
-    d = start_daemon(two_models(tmp, model_files, admission={"min_residency": "10s", "max_queue": 64}), tmp)
+    d = start_daemon(two_models(tmp, model_files, admission={"min_residency": "60s", "max_queue": 64}), tmp)
     yield d
     d.stop()
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from zoe_edge.canonical import ErrorEvent, Event, GenerationRequest, TextDelta, event_to_wire
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, event_to_wire
 from zoe_edge.worker.protocol import LoadSpec, ProtocolError, encode_frame, recv_frame
 
 log = logging.getLogger("zoe_edge.worker")
@@ -168,6 +168,8 @@ class Worker:
         try:
             interval = float(request.get("coalesce_ms", 0)) / 1000.0
             for event in coalesce(self.engine.generate(req, cancel.is_set), interval):
+                if isinstance(event, Finish) and event.reason == "cancelled":
+                    log.info("generation cancelled by the daemon after %d tokens", event.usage.completion_tokens)
                 if not self._send(conn, event_to_wire(event)):
                     cancel.set()
                     break
