@@ -144,12 +144,71 @@ class AdmissionSettings(BaseModel):
         return seconds
 
 
+class RouteParams(BaseModel):
+    """Per-route overrides: they win over the model's defaults, a client's explicit values win over them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    sampling: Sampling = Field(default_factory=Sampling)
+
+
+class Route(BaseModel):
+    """An ordered list of targets: local models by name, cloud models as ``provider:model``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[str] = Field(min_length=1)
+    deadline: float | None = Field(default=None, description="longest expected local wait before falling back")
+    params: RouteParams = Field(default_factory=RouteParams)
+    description: str = ""
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, value: Any) -> float | None:
+        return parse_duration(value)
+
+
+class AutoRule(BaseModel):
+    """Send a request to ``route`` when every condition given here holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: str
+    reason: str
+    tools: bool | None = None  # the request offers tools (True) or does not (False)
+    pattern: str | None = None  # a regular expression searched in the last user message, ignoring case
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class AutoRouting(BaseModel):
+    """The ``auto`` model name: classify each request (chat / action / memory ...) by rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "auto"
+    default: str
+    rules: list[AutoRule] = Field(default_factory=list)
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default: str
     models: dict[str, ModelEntry] = Field(min_length=1)
     aliases: dict[str, str] = Field(default_factory=dict)
+    routes: dict[str, Route] = Field(default_factory=dict)
+    providers: dict[str, Any] = Field(default_factory=dict)
+    auto: AutoRouting | None = None
     preload: str | None = Field(default=None, description="model loaded at start; default: the default model")
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
@@ -157,9 +216,26 @@ class Registry(BaseModel):
     @model_validator(mode="after")
     def _names(self) -> Registry:
         problems: list[str] = []
-        for name in [*self.models, *self.aliases]:
+        for name in [*self.models, *self.aliases, *self.routes]:
             if not _NAME.match(name):
                 problems.append(f"name {name!r}: use letters, digits and . _ : - (at most 128)")
+        for name in self.routes:
+            if name in self.models or name in self.aliases:
+                problems.append(f"route {name!r}: has the same name as a model or alias")
+        for name, route in self.routes.items():
+            for target in route.targets:
+                provider, sep, model = target.partition(":")
+                if sep and provider and model:
+                    if provider not in self.providers:
+                        problems.append(f"route {name!r}: target {target!r} names unknown provider {provider!r}")
+                elif target not in self.models:
+                    problems.append(f"route {name!r}: target {target!r} is not a model (cloud targets: provider:model)")
+        if self.auto is not None:
+            if self.auto.name in self.models or self.auto.name in self.aliases or self.auto.name in self.routes:
+                problems.append(f"auto: name {self.auto.name!r} is already a model, alias or route")
+            for route_name in [self.auto.default, *(r.route for r in self.auto.rules)]:
+                if route_name not in self.models and route_name not in self.aliases and route_name not in self.routes:
+                    problems.append(f"auto: {route_name!r} is not a model, alias or route")
         for alias, target in self.aliases.items():
             if alias in self.models:
                 problems.append(f"alias {alias!r}: has the same name as a model")
@@ -174,8 +250,8 @@ class Registry(BaseModel):
         return self
 
     def names(self) -> list[str]:
-        """Every name a client may ask for: models first, then aliases."""
-        return [*self.models, *self.aliases]
+        """Every name a client may ask for: models, aliases, routes, then the auto router."""
+        return [*self.models, *self.aliases, *self.routes, *([self.auto.name] if self.auto else [])]
 
     def lookup(self, name: str) -> str | None:
         """The model a name (model or alias) stands for, or ``None``."""

@@ -1,0 +1,115 @@
+"""Which targets may serve a request, in which order, and when to move on to the next one.
+
+Pure functions over the registry and the canonical request; :mod:`zoe_edge.routing.dispatch`
+carries the plan out. A plan always says why it is what it is, and the reason travels to the
+client in ``x-zoe-route``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from zoe_edge.canonical import GenerationRequest
+from zoe_edge.errors import ModelNotFound
+from zoe_edge.registry import AutoRouting, Registry, Route
+
+
+@dataclass(frozen=True)
+class Target:
+    model: str
+    provider: str | None = None  # None: the local slot
+
+    @property
+    def local(self) -> bool:
+        return self.provider is None
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider or 'local'}:{self.model}"
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    requested: str
+    route: str  # the route, alias or model name that was resolved
+    targets: tuple[Target, ...]
+    deadline: float | None
+    reason: str
+    defaults_from: Route | None = None  # per-route parameter overrides
+
+
+def parse_target(spec: str) -> Target:
+    """``model`` (local, from the registry) or ``provider:model`` (a cloud provider's model)."""
+    provider, sep, model = spec.partition(":")
+    if sep and provider and model and "/" not in provider:
+        return Target(model=model, provider=provider)
+    return Target(model=spec)
+
+
+def last_user_text(req: GenerationRequest) -> str:
+    if req.messages is None:
+        return req.prompt or ""
+    for message in reversed(req.messages):
+        if message.role == "user":
+            return message.content
+    return ""
+
+
+def classify(auto: AutoRouting, req: GenerationRequest) -> tuple[str, str]:
+    """The route for an ``auto`` request and the rule that chose it (first match wins)."""
+    text = last_user_text(req)
+    for rule in auto.rules:
+        if rule.tools is not None and rule.tools != bool(req.tools):
+            continue
+        if rule.pattern is not None and not re.search(rule.pattern, text, re.IGNORECASE):
+            continue
+        return rule.route, rule.reason
+    return auto.default, "no rule matched"
+
+
+def plan_request(registry: Registry, requested: str, req: GenerationRequest) -> RoutePlan:
+    """Resolve a client's ``model`` field: a model, an alias, a route, or the ``auto`` router."""
+    auto = registry.auto
+    if auto is not None and requested == auto.name:
+        chosen, why = classify(auto, req)
+        inner = plan_request(registry, chosen, req)
+        return RoutePlan(requested, inner.route, inner.targets, inner.deadline, f"{chosen} ({why})", inner.defaults_from)
+    if requested in registry.models:
+        return RoutePlan(requested, requested, (Target(requested),), None, f"{requested} (model)")
+    if requested in registry.aliases:
+        model = registry.aliases[requested]
+        return RoutePlan(requested, requested, (Target(model),), None, f"{requested} (alias of {model})")
+    route = registry.routes.get(requested)
+    if route is not None:
+        targets = tuple(parse_target(t) for t in route.targets)
+        return RoutePlan(requested, requested, targets, route.deadline, f"{requested} (route)", route)
+    known = ", ".join(registry.names())
+    raise ModelNotFound(f"The model {requested!r} does not exist. Available: {known}", param="model")
+
+
+# why a failed attempt lets the next target try; codes not listed here end the request
+FALLBACK_REASONS = {
+    "busy": "local model busy",
+    "queue_full": "local queue full",
+    "model_too_large": "model does not fit",
+    "model_missing": "model file missing",
+    "model_load_failed": "model failed to load",
+    "worker_crashed": "worker crashed before the first token",
+    "worker_timeout": "worker timed out before the first token",
+    "too_hot": "board over its thermal limit",
+    "provider_disabled": "provider disabled",
+    "cooling_down": "provider cooling down",
+    "upstream_error": "provider failed",
+    "upstream_unavailable": "provider unreachable",
+    "rate_limited": "provider rate-limited",
+}
+
+
+def fallback_reason(code: str | None, status: int) -> str | None:
+    """Why the next target may try after this failure, or ``None`` when the request itself is at fault."""
+    if code in FALLBACK_REASONS:
+        return FALLBACK_REASONS[code]
+    if status >= 500 or status == 429:
+        return f"error {status}"
+    return None
