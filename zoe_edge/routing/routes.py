@@ -74,7 +74,9 @@ def plan_request(registry: Registry, requested: str, req: GenerationRequest) -> 
     if auto is not None and requested == auto.name:
         chosen, why = classify(auto, req)
         inner = plan_request(registry, chosen, req)
-        return RoutePlan(requested, inner.route, inner.targets, inner.deadline, f"{chosen} ({why})", inner.defaults_from)
+        return RoutePlan(
+            requested, inner.route, inner.targets, inner.deadline, f"{chosen} ({why})", inner.defaults_from
+        )
     if requested in registry.models:
         return RoutePlan(requested, requested, (Target(requested),), None, f"{requested} (model)")
     if requested in registry.aliases:

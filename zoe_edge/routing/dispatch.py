@@ -1,0 +1,131 @@
+"""Carry out a route plan: try its targets in order until one produces a first event.
+
+The only place that switches targets, and it does so only before the first event: once a target
+has produced output, its stream is the response, and a later failure ends that stream with an
+error rather than splicing another target's words onto it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from zoe_edge.canonical import ErrorEvent, Event, GenerationRequest
+from zoe_edge.errors import ServiceUnavailable, ZoeError
+from zoe_edge.registry import Registry
+from zoe_edge.routing.resolve import with_model_defaults
+from zoe_edge.routing.routes import RoutePlan, Target, fallback_reason
+from zoe_edge.supervisor import Supervisor
+
+log = logging.getLogger("zoe_edge.routing")
+
+
+class Upstream(Protocol):
+    """What dispatch needs of a cloud provider (see :mod:`zoe_edge.providers`)."""
+
+    def disabled_reason(self) -> str | None: ...
+
+    def cooling_down(self) -> float | None: ...
+
+    def generate(self, model: str, req: GenerationRequest) -> AsyncGenerator[Event, None]: ...
+
+
+@dataclass
+class Dispatched:
+    plan: RoutePlan
+    served_by: Target
+    first: Event | None
+    events: AsyncGenerator[Event, None]
+    skipped: list[str] = field(default_factory=list)  # "target: why", one per target passed over
+
+    def headers(self) -> dict[str, str]:
+        out = {"x-zoe-route": self.plan.reason, "x-zoe-served-by": self.served_by.label}
+        if self.skipped:
+            out["x-zoe-fallback-reason"] = "; ".join(self.skipped)
+        return out
+
+
+def apply_route_params(req: GenerationRequest, plan: RoutePlan) -> GenerationRequest:
+    """Route overrides under the client's explicit values."""
+    if plan.defaults_from is None:
+        return req
+    params = plan.defaults_from.params
+    return req.model_copy(
+        update={
+            "sampling": req.sampling.merged_over(params.sampling),
+            "max_tokens": req.max_tokens if req.max_tokens is not None else params.max_tokens,
+        }
+    )
+
+
+class Dispatcher:
+    def __init__(self, registry: Registry, supervisor: Supervisor, upstreams: Mapping[str, Upstream]) -> None:
+        self.registry = registry
+        self.supervisor = supervisor
+        self.upstreams = upstreams
+
+    def _open(self, target: Target, req: GenerationRequest, deadline: float | None) -> AsyncGenerator[Event, None]:
+        if target.local:
+            local = with_model_defaults(req, self.registry.models[target.model])
+            return self.supervisor.generate(target.model, local, deadline)
+        upstream = self.upstreams[target.provider or ""]
+        return upstream.generate(target.model, req)
+
+    def _unusable(self, target: Target) -> str | None:
+        if target.local:
+            return None
+        upstream = self.upstreams.get(target.provider or "")
+        if upstream is None:
+            return "provider not configured"
+        disabled = upstream.disabled_reason()
+        if disabled:
+            return f"provider disabled ({disabled})"
+        cooling = upstream.cooling_down()
+        if cooling:
+            return f"provider cooling down for {cooling:.0f} s"
+        return None
+
+    async def dispatch(self, plan: RoutePlan, req: GenerationRequest, deadline: float | None = None) -> Dispatched:
+        """The first target that starts answering, with its first event already read.
+
+        Raises the request's own error (a 4xx) as soon as any target reports one, and
+        :class:`ServiceUnavailable` listing every target and why when none could serve.
+        """
+        req = apply_route_params(req, plan)
+        wait = deadline if deadline is not None else plan.deadline
+        skipped: list[str] = []
+        retry_after: list[float] = []
+        for target in plan.targets:
+            why = self._unusable(target)
+            if why is not None:
+                skipped.append(f"{target.label}: {why}")
+                continue
+            events = self._open(target, req, wait)
+            try:
+                first = await anext(events, None)
+            except ZoeError as exc:
+                await events.aclose()
+                reason = fallback_reason(exc.code, exc.status)
+                if reason is None:
+                    raise
+                skipped.append(f"{target.label}: {reason} ({exc.message})")
+                if exc.retry_after is not None:
+                    retry_after.append(exc.retry_after)
+                continue
+            if isinstance(first, ErrorEvent):
+                reason = fallback_reason(first.code, first.status)
+                if reason is not None:
+                    await events.aclose()
+                    skipped.append(f"{target.label}: {reason} ({first.message})")
+                    continue
+            if skipped:
+                log.warning("%s served by %s after: %s", plan.route, target.label, "; ".join(skipped))
+            return Dispatched(plan, target, first, events, skipped)
+        tried = "; ".join(skipped) or "no targets"
+        raise ServiceUnavailable(
+            f"no target could serve {plan.route!r}: {tried}",
+            code="no_target_available",
+            retry_after=min(retry_after) if retry_after else 5.0,
+        )
