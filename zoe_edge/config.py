@@ -44,6 +44,8 @@ class Settings(BaseModel):
     # text produced faster than this is sent in one chunk per interval (0 = one chunk per token)
     stream_interval_ms: float = Field(default=20.0, ge=0.0, le=1000.0)
     preload: bool = True
+    # on SIGTERM, in-flight requests get this long to finish before they are cut
+    drain_timeout_s: float = Field(default=30.0, ge=0)
     # overrides the registry's device.profile (simulate a board: "would this fit on a Nano?")
     profile: str | None = None
 

@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
+import psutil
 from aiohttp import web
 
 from zoe_edge import __version__
@@ -15,6 +16,7 @@ from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.config import Settings
 from zoe_edge.registry import Registry
+from zoe_edge.sdnotify import Notifier
 from zoe_edge.supervisor import SlotState, Supervisor
 
 log = logging.getLogger("zoe_edge")
@@ -50,10 +52,14 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     return app
 
 
+PRELOAD = web.AppKey("preload", asyncio.Task[None])
+
+
 async def _supervisor_lifetime(app: web.Application) -> AsyncIterator[None]:
     supervisor = app[SUPERVISOR]
     # preload in the background: the socket listens at once and /ready tells when the model is in
     preload = asyncio.create_task(supervisor.start())
+    app[PRELOAD] = preload
     yield
     preload.cancel()
     await asyncio.gather(preload, return_exceptions=True)
@@ -64,9 +70,9 @@ async def serve(settings: Settings, registry: Registry) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get a grace period to finish."""
     app = build_app(settings, registry)
     # cancel the handler when its client disconnects, so an abandoned generation frees the model
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.drain_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=10.0)
+    site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     for address in runner.addresses:
         log.info("zoe-edge %s listening on http://%s:%s", __version__, *address[:2])
@@ -74,8 +80,53 @@ async def serve(settings: Settings, registry: Registry) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    notifier = Notifier()
+    supervisor = app[SUPERVISOR]
+    # systemd hears READY=1 once we listen and the preload has finished, loaded or failed clearly
+    await asyncio.wait({app[PRELOAD]}, timeout=settings.load_timeout_s)
+    notifier.ready(status_line(supervisor))
+    keepalive = asyncio.create_task(_keep_systemd_informed(notifier, supervisor))
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        log.info("shutting down: finishing in-flight requests")
+        notifier.stopping()
+        keepalive.cancel()
+        await asyncio.gather(keepalive, return_exceptions=True)
         await runner.cleanup()
+
+
+def status_line(supervisor: Supervisor) -> str:
+    """What ``systemctl status`` shows: the model, its state, the last speed and the hottest sensor."""
+    parts = [f"model {supervisor.loaded or 'none'} ({supervisor.state.value})"]
+    if supervisor.last_tokens_per_s is not None:
+        parts.append(f"{supervisor.last_tokens_per_s:.1f} tok/s")
+    temps = hottest_temperature()
+    if temps is not None:
+        parts.append(f"{temps:.0f}°C")
+    return ", ".join(parts)
+
+
+def hottest_temperature() -> float | None:
+    try:
+        sensors = psutil.sensors_temperatures()
+    except (AttributeError, OSError):
+        return None
+    readings = [t.current for entries in sensors.values() for t in entries if t.current > -100]
+    return max(readings) if readings else None
+
+
+async def _keep_systemd_informed(notifier: Notifier, supervisor: Supervisor) -> None:
+    """WATCHDOG=1 at half the watchdog interval, from the loop itself: a wedged loop stops the pings."""
+    if not notifier.enabled:
+        return
+    interval = notifier.watchdog_interval or 10.0
+    last_status = ""
+    while True:
+        if notifier.watchdog_interval is not None:
+            notifier.watchdog()
+        line = status_line(supervisor)
+        if line != last_status:
+            notifier.status(line)
+            last_status = line
+        await asyncio.sleep(interval)

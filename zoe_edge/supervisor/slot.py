@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from zoe_edge.canonical import ErrorEvent, Event, GenerationRequest
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest
 from zoe_edge.config import Settings
 from zoe_edge.errors import ModelLoadFailed, ServiceUnavailable, WorkerFailed, ZoeError
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
@@ -128,6 +128,7 @@ class Supervisor:
         self._loop_task: asyncio.Task[None] | None = None
         self._spare_task: asyncio.Task[None] | None = None
         self._closing = False
+        self.last_tokens_per_s: float | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -298,6 +299,8 @@ class Supervisor:
                     if isinstance(event, ErrorEvent) and event.code in ("worker_crashed", "worker_timeout"):
                         crashed = True
                         self.last_error = event.message
+                    elif isinstance(event, Finish) and event.usage.completion_tokens > 1:
+                        self.last_tokens_per_s = event.timings.per_second(event.usage)["predicted_per_second"]
                     yield event
         finally:
             self._release(model, time.monotonic() - started, crashed=crashed)
