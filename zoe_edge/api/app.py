@@ -11,11 +11,12 @@ import psutil
 from aiohttp import web
 
 from zoe_edge import __version__
-from zoe_edge.api import admin, openai
-from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR
+from zoe_edge.api import admin, ollama, openai
+from zoe_edge.api.common import DISPATCHER, REGISTRY, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.config import Settings
 from zoe_edge.registry import Registry
+from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.sdnotify import Notifier
 from zoe_edge.supervisor import SlotState, Supervisor
 
@@ -44,9 +45,11 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[SUPERVISOR] = Supervisor(registry, settings.registry_path.resolve().parent, settings)
+    app[DISPATCHER] = Dispatcher(registry, app[SUPERVISOR], {})
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     openai.add_routes(app)
+    ollama.add_routes(app)
     admin.add_routes(app)
     app.cleanup_ctx.append(_supervisor_lifetime)
     return app

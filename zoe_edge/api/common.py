@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoe_edge import validation
+from zoe_edge.canonical import GenerationRequest
 from zoe_edge.config import Settings
 from zoe_edge.errors import InvalidRequest, PayloadTooLarge
 from zoe_edge.registry import Registry
+from zoe_edge.routing.dispatch import Dispatched, Dispatcher
+from zoe_edge.routing.routes import plan_request
 from zoe_edge.supervisor import Supervisor
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+
+
+class Lenient(BaseModel):
+    # clients send fields we do not use (logit_bias, metadata, store, ...); accept and ignore them
+    model_config = ConfigDict(extra="ignore")
+
+
+async def open_generation(request: web.Request, name: str, req: GenerationRequest) -> Dispatched:
+    """Route ``name`` and start the generation; every front goes through here.
+
+    Raises before anything is sent when no target can serve; the returned stream's first event
+    has already been read, so a front can still choose its status code and headers.
+    """
+    app = request.app
+    plan = plan_request(app[REGISTRY], name, req)
+    dispatched = await app[DISPATCHER].dispatch(plan, req, deadline_header(request))
+    request["zoe_model"] = dispatched.served_by.label
+    log.info("route %s -> %s", plan.reason, dispatched.served_by.label)
+    return dispatched
+
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("zoe_edge.api")
 
 
 async def read_json(request: web.Request) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import SecretStr
 
-from zoe_edge.api import openai
+from zoe_edge.api import ollama, openai
 from zoe_edge.api.common import SETTINGS
 from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
@@ -66,13 +66,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         )
         raise
     except ZoeError as exc:
-        response = openai.error_response(exc)
+        response = _render_error(request, exc)
         _log_error(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         err = _from_http(exc, request)
-        response = openai.error_response(err)
+        response = _render_error(request, err)
         _log_error(request, err)
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
@@ -86,6 +86,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         request.get("zoe_model", "-"),
     )
     return response
+
+
+def _render_error(request: web.Request, exc: ZoeError) -> web.Response:
+    """Each client family gets errors in its own shape: Ollama's under /api, OpenAI's elsewhere."""
+    if request.path.startswith("/api/") and not request.path.startswith("/api/telemetry"):
+        return ollama.error_response(exc)
+    return openai.error_response(exc)
 
 
 def _log_error(request: web.Request, exc: ZoeError) -> None:

@@ -347,6 +347,11 @@ class Supervisor:
             return self._ttl_override[model]
         return self.registry.models[model].ttl
 
+    def idle_unload_at(self) -> float | None:
+        """Seconds until the loaded model unloads for idleness; ``None`` while busy or kept forever."""
+        deadline = self._idle_deadline()
+        return None if deadline is None else deadline - time.monotonic()
+
     def _idle_deadline(self) -> float | None:
         if self.model is None or self._busy_with is not None or self._queue:
             return None
