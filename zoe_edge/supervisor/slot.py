@@ -57,6 +57,7 @@ def load_spec(name: str, entry: ModelEntry, path: Path) -> LoadSpec:
         n_threads=entry.n_threads or default_threads(),
         n_gpu_layers=ALL_LAYERS if entry.gpu_layers == "auto" else entry.gpu_layers,
         chat_format=entry.chat_format,
+        tool_format=entry.tool_format,
     )
 
 

@@ -36,6 +36,7 @@ class LoadSpec(BaseModel):
     n_threads: int = Field(ge=1)
     n_gpu_layers: int = Field(ge=0)
     chat_format: str = "auto"
+    tool_format: str = "auto"
 
 
 class ModelInfo(BaseModel):
