@@ -112,7 +112,7 @@ class GenerationRequest(BaseModel):
     constraint: OutputConstraint | None = None
     tools: list[Tool] = Field(default_factory=list)
     tool_choice: ToolChoice = Field(default_factory=ToolChoice)
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool = False  # several calls in one answer only when a client asks
     stream: bool = False
 
     @model_validator(mode="after")

@@ -249,7 +249,9 @@ class ChatCompletionRequest(_CommonParams):
         else:
             choice = self.tool_choice
             tools = [t.function.tool() for t in self.tools or []]
-            parallel = self.parallel_tool_calls is not False
+            # opt-in, as in llama.cpp's server: small models asked for "one or more" calls tend to
+            # repeat the first one; a client that wants several says so
+            parallel = self.parallel_tool_calls is True
         if isinstance(choice, NamedToolChoice | NamedFunction):
             name = choice.function.name if isinstance(choice, NamedToolChoice) else choice.name
             return tools, ToolChoice(mode="function", name=name), parallel

@@ -129,8 +129,9 @@ def unsupported_features(schema: Any, path: str = "$") -> list[str]:
         problems.append(f"{path}: $ref {ref!r} (only local '#/...' references)")
     if any(k in schema for k in _BOUNDS):
         kinds = set(types) if isinstance(types, list) else {types}
-        if not kinds <= {"integer", "number"}:
-            problems.append(f"{path}: minimum/maximum on a schema that is not only integer/number")
+        # on other types the bounds are no-ops by the spec; without a type the converter cannot bound
+        if types is None:
+            problems.append(f"{path}: minimum/maximum without type integer or number")
         for key in _BOUNDS:
             value = schema.get(key)
             if key in schema and (isinstance(value, bool) or not isinstance(value, int | float)):
