@@ -533,3 +533,27 @@ def test_schema_grammar_is_accepted_by_llama_cpp(vocab: Llama) -> None:
     sampler = llama_cpp.llama_sampler_init_grammar(vocab._model.vocab, schema_grammar(schema).encode(), b"root")
     assert sampler
     llama_cpp.llama_sampler_free(sampler)
+
+
+def test_call_grammar_caps_free_strings_but_keeps_schema_limits() -> None:
+    capped = Tool(
+        name="Say",
+        parameters={
+            "type": "object",
+            "properties": {
+                "text": {"type": "string"},
+                "short": {"type": "string", "maxLength": 5},
+                "long": {"type": "string", "minLength": 300},
+                "kind": {"type": "string", "enum": ["a", "b"]},
+            },
+        },
+    )
+    gbnf = T.call_grammar([capped], "generic", parallel=False)
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines())
+    # upstream spells a bounded repetition out as nested optionals, one "char" per place
+    assert rules["call0-arguments-text"].count("char") == T.MAX_ARGUMENT_STRING
+    assert rules["call0-arguments-short"].count("char") == 5
+    assert rules["call0-arguments-long"].count("char") == 300  # minLength wins over the cap
+    assert rules["call0-arguments-kind"] == '"\\"a\\"" | "\\"b\\""'
+    # response_format is not capped: a document may be long
+    assert "char*" in schema_grammar({"type": "object", "properties": {"t": {"type": "string"}}})

@@ -32,6 +32,10 @@ TOOL_FORMATS: tuple[str, ...] = get_args(ToolFormat)
 
 # a bound on calls in one answer: a small model in a loop would otherwise fill max_tokens with calls
 MAX_CALLS = 4
+# a bound on argument strings that have no maxLength, for the same reason: a small model can loop
+# inside a string ("90 percent brighter, 90 percent brighter, ...") until max_tokens cuts the call in
+# half. Device names, areas and places are far shorter; a schema's own maxLength overrides it.
+MAX_ARGUMENT_STRING = 128
 
 _ARGS_KEY: dict[str, str] = {
     "hermes": "arguments",
@@ -231,7 +235,7 @@ def call_grammar(tools: list[Tool], fmt: ToolFormat, parallel: bool, only: str |
         raise UnsupportedSchema(problems)
 
     key = _ARGS_KEY[fmt]
-    conv = Converter(prop_order=["name", key])
+    conv = Converter(prop_order=["name", key], max_string=MAX_ARGUMENT_STRING)
     alternatives = []
     for i, (tool, schema) in enumerate(zip(chosen, params, strict=True)):
         resolved = conv.resolve_refs(copy.deepcopy(schema), f"tool{i}")
