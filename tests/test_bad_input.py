@@ -47,7 +47,20 @@ CASES: list[tuple[str, Any, int, str | None, str | None]] = [
     ("zero max_tokens", {**GOOD, "max_tokens": 0}, 400, "invalid_value", "max_tokens"),
     ("bad role", {**GOOD, "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_value", None),
     ("n=2", {**GOOD, "n": 2}, 400, "invalid_value", "n"),
-    ("tools", {**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "invalid_value", "tools"),
+    (
+        "bad tool name",
+        {**GOOD, "tools": [{"type": "function", "function": {"name": "turn on!"}}]},
+        400,
+        "invalid_value",
+        "tools[0].function.name",
+    ),
+    (
+        "tool_choice names no tool",
+        {**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required!"},
+        400,
+        "invalid_value",
+        "tool_choice",
+    ),
     ("bad response_format", {**GOOD, "response_format": {"type": "xml"}}, 400, "invalid_value", None),
     ("unknown model", {**GOOD, "model": "gpt-17"}, 404, "model_not_found", "model"),
 ]

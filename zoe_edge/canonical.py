@@ -13,12 +13,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zoe_edge.errors import ZoeError, error_for_status
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+
+
+TOOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class ToolCallRef(BaseModel):
+    """A call the assistant made earlier in the conversation, as the history carries it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = ""
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class Message(BaseModel):
@@ -27,6 +40,33 @@ class Message(BaseModel):
     role: Role
     content: str = ""
     name: str | None = None
+    tool_calls: list[ToolCallRef] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: which call this result answers
+
+
+class Tool(BaseModel):
+    """A function the model may call; ``parameters`` is the JSON schema of its arguments object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ToolChoice(BaseModel):
+    """``auto``: text or a call; ``none``: text only; ``required``: some call; ``function``: a call to ``name``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if (self.mode == "function") != (self.name is not None):
+            raise ValueError("a name goes with mode 'function' and only with it")
+        return self
 
 
 class Sampling(BaseModel):
@@ -70,7 +110,29 @@ class GenerationRequest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     sampling: Sampling = Field(default_factory=Sampling)
     constraint: OutputConstraint | None = None
+    tools: list[Tool] = Field(default_factory=list)
+    tool_choice: ToolChoice = Field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = False  # several calls in one answer only when a client asks
     stream: bool = False
+
+    @model_validator(mode="after")
+    def _tools_consistent(self) -> GenerationRequest:
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("tool names must be unique")
+        if self.tool_choice.mode in ("required", "function") and not self.tools:
+            raise ValueError(f"tool_choice {self.tool_choice.mode!r} needs at least one tool")
+        if self.tool_choice.name is not None and self.tool_choice.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.name!r}, which is not among the tools")
+        if self.uses_tools and self.constraint is not None:
+            # one grammar per answer: a call and a response_format cannot both constrain it
+            raise ValueError("response_format cannot be combined with tools unless tool_choice is 'none'")
+        return self
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the output may be a tool call (tools offered and not switched off)."""
+        return bool(self.tools) and self.tool_choice.mode != "none"
 
 
 # --- the event stream -------------------------------------------------------------------------
@@ -116,6 +178,16 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One complete call; ``arguments`` is an object (the Ollama front sends it as is, OpenAI as a string)."""
+
+    index: int
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     reason: FinishReason
     usage: Usage
@@ -134,13 +206,15 @@ class ErrorEvent:
         return error_for_status(self.status, self.message, code=self.code)
 
 
-Event = TextDelta | Finish | ErrorEvent
+Event = TextDelta | ToolCall | Finish | ErrorEvent
 
 
 def event_to_wire(event: Event) -> dict[str, Any]:
     """Serialise an event for the worker IPC (one JSON frame per event)."""
     if isinstance(event, TextDelta):
         return {"t": "text", "text": event.text}
+    if isinstance(event, ToolCall):
+        return {"t": "tool_call", "index": event.index, "id": event.id, "name": event.name, "args": event.arguments}
     if isinstance(event, Finish):
         return {"t": "finish", "reason": event.reason, "usage": asdict(event.usage), "timings": asdict(event.timings)}
     return {"t": "error", "message": event.message, "code": event.code, "status": event.status}
@@ -150,6 +224,8 @@ def event_from_wire(frame: dict[str, Any]) -> Event:
     kind = frame.get("t")
     if kind == "text":
         return TextDelta(str(frame["text"]))
+    if kind == "tool_call":
+        return ToolCall(int(frame["index"]), str(frame["id"]), str(frame["name"]), dict(frame["args"]))
     if kind == "finish":
         return Finish(frame["reason"], Usage(**frame["usage"]), Timings(**frame["timings"]))
     if kind == "error":

@@ -64,6 +64,8 @@ class ModelEntry(BaseModel):
     n_threads: int | None = Field(default=None, ge=1, le=512)
     gpu_layers: int | Literal["auto"] = "auto"
     chat_format: str = "auto"
+    # the syntax the model emits tool calls in; auto reads it from a tool-aware chat template
+    tool_format: Literal["auto", "hermes", "llama3", "mistral", "generic"] = "auto"
     max_tokens: int = Field(default=512, ge=1)
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, top_k=40, min_p=0.05))
     ttl: float | None = 300.0

@@ -137,7 +137,7 @@ CHAT_ERRORS = [
     ("wrong-role", chat(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
     (
         "wrong-role-second",
-        chat(messages=[{"role": "user", "content": "x"}, {"role": "function", "content": "y"}]),
+        chat(messages=[{"role": "user", "content": "x"}, {"role": "wizard", "content": "y"}]),
         "messages[1].role",
     ),
     ("content-number", chat(messages=[{"role": "user", "content": 5}]), "messages[0].content"),
@@ -146,8 +146,12 @@ CHAT_ERRORS = [
         chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
         "messages[0].content",
     ),
-    ("tools", chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
-    ("functions", chat(functions=[{"name": "f"}]), "functions"),
+    ("tool-without-function", chat(tools=[{"type": "function"}]), "tools[0].function"),
+    (
+        "tool-bad-name",
+        chat(tools=[{"type": "function", "function": {"name": "no spaces allowed"}}]),
+        "tools[0].function.name",
+    ),
     ("stop-17", chat(stop=["x"] * (MAX_STOP + 1)), "stop"),
     ("empty-stop-string", chat(stop=""), "stop"),
     ("empty-stop-in-list", chat(stop=["a", ""]), "stop"),
@@ -174,9 +178,10 @@ def test_invalid_chat_body(body: dict[str, Any], param: str) -> None:
     assert exc.message.startswith(f"{param}: ")
 
 
-def test_tool_rejection_says_why() -> None:
-    with pytest.raises(InvalidRequest, match="tool calling is not supported"):
-        parse_body(ChatCompletionRequest, chat(tools=[{"type": "function", "function": {"name": "f"}}]))
+def test_tools_parse_into_the_canonical_request() -> None:
+    body = parse_body(ChatCompletionRequest, chat(tools=[{"type": "function", "function": {"name": "f"}}]))
+    req = body.to_canonical()
+    assert [t.name for t in req.tools] == ["f"] and req.tool_choice.mode == "auto"
 
 
 def test_stop_limit_message() -> None:

@@ -30,7 +30,15 @@ def test_repo_registry_loads_with_expected_models_and_aliases() -> None:
     assert list(registry.models) == ["smollm2-135m", "gemma3-270m"]
     assert registry.aliases == {"zoe-chat": "smollm2-135m", "zoe-small": "gemma3-270m"}
     assert registry.default_model == "smollm2-135m"
-    assert registry.names() == ["smollm2-135m", "gemma3-270m", "zoe-chat", "zoe-small"]
+    assert registry.names() == [
+        "smollm2-135m",
+        "gemma3-270m",
+        "zoe-chat",
+        "zoe-small",
+        "zoe-action",
+        "zoe-memory",
+        "auto",
+    ]
     assert registry.lookup("zoe-small") == "gemma3-270m"
     assert registry.lookup("smollm2-135m") == "smollm2-135m"
     assert registry.lookup("gpt-4") is None

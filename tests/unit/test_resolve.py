@@ -7,7 +7,8 @@ import pytest
 from zoe_edge.canonical import GenerationRequest, Message, Sampling
 from zoe_edge.errors import ModelNotFound
 from zoe_edge.registry import Registry, parse_registry
-from zoe_edge.routing.resolve import resolve_model, with_model_defaults
+from zoe_edge.routing.resolve import with_model_defaults
+from zoe_edge.routing.routes import Target, plan_request
 
 
 @pytest.fixture
@@ -29,21 +30,21 @@ def registry() -> Registry:
 
 
 def test_resolve_model_name(registry: Registry) -> None:
-    resolution = resolve_model(registry, "big")
-    assert resolution.model == "big"
-    assert "model" in resolution.reason
+    plan = plan_request(registry, "big", _request())
+    assert plan.targets == (Target("big"),)
+    assert "model" in plan.reason
 
 
 def test_resolve_alias(registry: Registry) -> None:
-    resolution = resolve_model(registry, "gpt-4o")
-    assert resolution.model == "big"
-    assert "alias" in resolution.reason and "gpt-4o" in resolution.reason
+    plan = plan_request(registry, "gpt-4o", _request())
+    assert plan.targets == (Target("big"),)
+    assert "alias" in plan.reason and "gpt-4o" in plan.reason
 
 
 @pytest.mark.parametrize("name", ["gpt-5", "Small", "", "small "])
 def test_resolve_unknown_lists_choices(registry: Registry, name: str) -> None:
     with pytest.raises(ModelNotFound) as caught:
-        resolve_model(registry, name)
+        plan_request(registry, name, _request())
     exc = caught.value
     assert exc.status == 404
     assert exc.code == "model_not_found"

@@ -14,10 +14,11 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR, deadline_header, parse_body, read_json
+from zoe_edge.api.common import REGISTRY, SETTINGS, open_generation, parse_body, read_json
 from zoe_edge.canonical import (
+    TOOL_NAME,
     ErrorEvent,
     Event,
     Finish,
@@ -26,10 +27,13 @@ from zoe_edge.canonical import (
     OutputConstraint,
     Sampling,
     TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallRef,
+    ToolChoice,
 )
-from zoe_edge.errors import ZoeError
+from zoe_edge.errors import InvalidRequest, ZoeError
 from zoe_edge.registry import model_path
-from zoe_edge.routing.resolve import resolve_model, with_model_defaults
 
 log = logging.getLogger("zoe_edge.api")
 
@@ -48,10 +52,58 @@ class TextPart(_Lenient):
     text: str
 
 
+class FunctionCallIn(_Lenient):
+    name: str = Field(min_length=1)
+    # OpenAI sends a JSON string; some clients send the object itself
+    arguments: str | dict[str, Any] = ""
+
+    def parsed_arguments(self, where: str) -> dict[str, Any]:
+        if isinstance(self.arguments, dict):
+            return self.arguments
+        if not self.arguments.strip():
+            return {}
+        try:
+            value = json.loads(self.arguments)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise InvalidRequest(f"{where}: arguments must be a JSON object encoded as a string", param=where)
+        return value
+
+
+class ToolCallIn(_Lenient):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(_Lenient):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    function_call: FunctionCallIn | None = None  # legacy form of one tool call
+
+    def to_canonical(self, where: str) -> Message:
+        role = {"developer": "system", "function": "tool"}.get(self.role, self.role)
+        calls = [
+            ToolCallRef(
+                id=c.id, name=c.function.name, arguments=c.function.parsed_arguments(f"{where}.tool_calls[{i}]")
+            )
+            for i, c in enumerate(self.tool_calls or [])
+        ]
+        if self.function_call is not None:
+            calls.append(
+                ToolCallRef(name=self.function_call.name, arguments=self.function_call.parsed_arguments(where))
+            )
+        return Message(
+            role=role,
+            content=self.text(),
+            name=self.name,
+            tool_calls=calls if role == "assistant" and calls else None,
+            tool_call_id=self.tool_call_id if role == "tool" else None,
+        )
 
     def text(self) -> str:
         if self.content is None:
@@ -59,6 +111,30 @@ class ChatMessageIn(_Lenient):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+class FunctionDef(_Lenient):
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+    def tool(self) -> Tool:
+        params = self.parameters if self.parameters is not None else {"type": "object", "properties": {}}
+        return Tool(name=self.name, description=self.description or "", parameters=params)
+
+
+class ToolDef(_Lenient):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JSONSchemaSpec(_Lenient):
@@ -146,30 +222,62 @@ class ChatCompletionRequest(_CommonParams):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     logprobs: Literal[False] | None = None
-    tools: None = Field(default=None, description="tool calling is not supported yet")
-    functions: None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDef] | None = Field(default=None, description="legacy form of tools")
+    function_call: Literal["auto", "none"] | NamedFunction | None = None
 
-    @field_validator("tools", "functions", mode="before")
-    @classmethod
-    def _no_tools(cls, value: Any) -> None:
-        if value:
-            raise ValueError("tool calling is not supported by this zoe-edge version")
-        return None
+    @model_validator(mode="after")
+    def _one_tool_style(self) -> ChatCompletionRequest:
+        if self.tools and self.functions:
+            raise ValueError("send either 'tools' or the legacy 'functions', not both")
+        return self
+
+    @property
+    def legacy_functions(self) -> bool:
+        """The client used ``functions``; it expects ``message.function_call`` back."""
+        return bool(self.functions)
+
+    def _tools(self) -> tuple[list[Tool], ToolChoice, bool]:
+        if self.legacy_functions:
+            assert self.functions is not None
+            choice: Any = self.function_call
+            tools = [f.tool() for f in self.functions]
+            parallel = False  # function_call carries one call
+        else:
+            choice = self.tool_choice
+            tools = [t.function.tool() for t in self.tools or []]
+            # opt-in, as in llama.cpp's server: small models asked for "one or more" calls tend to
+            # repeat the first one; a client that wants several says so
+            parallel = self.parallel_tool_calls is True
+        if isinstance(choice, NamedToolChoice | NamedFunction):
+            name = choice.function.name if isinstance(choice, NamedToolChoice) else choice.name
+            return tools, ToolChoice(mode="function", name=name), parallel
+        return tools, ToolChoice(mode=choice or "auto"), parallel
 
     def to_canonical(self) -> GenerationRequest:
-        messages = [
-            Message(role="system" if m.role == "developer" else m.role, content=m.text(), name=m.name)
-            for m in self.messages
-        ]
-        return GenerationRequest(
-            model=self.model,
-            messages=messages,
-            max_tokens=self.max_completion_tokens or self.max_tokens,
-            stop=self.stop or [],
-            sampling=self.sampling(),
-            constraint=self.response_format.constraint() if self.response_format else None,
-            stream=self.stream,
-        )
+        messages = [m.to_canonical(f"messages[{i}]") for i, m in enumerate(self.messages)]
+        tools, choice, parallel = self._tools()
+        try:
+            return GenerationRequest(
+                model=self.model,
+                messages=messages,
+                max_tokens=self.max_completion_tokens or self.max_tokens,
+                stop=self.stop or [],
+                sampling=self.sampling(),
+                constraint=self.response_format.constraint() if self.response_format else None,
+                tools=tools,
+                tool_choice=choice,
+                parallel_tool_calls=parallel,
+                stream=self.stream,
+            )
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            param = "tool_choice" if "tool" in first["msg"] else None
+            raise InvalidRequest(
+                first["msg"].removeprefix("Value error, "), param=param, code="invalid_value"
+            ) from None
 
 
 class CompletionRequest(_CommonParams):
@@ -228,12 +336,17 @@ def _finish_reason(finish: Finish) -> str:
     return "stop" if finish.reason == "cancelled" else finish.reason
 
 
+def _arguments(call: ToolCall) -> str:
+    return json.dumps(call.arguments, ensure_ascii=False)
+
+
 class _Shape:
     """The two OpenAI response families differ only in names and where the text goes."""
 
-    def __init__(self, kind: Literal["chat", "completion"], model: str) -> None:
+    def __init__(self, kind: Literal["chat", "completion"], model: str, legacy_functions: bool = False) -> None:
         self.kind = kind
         self.model = model
+        self.legacy_functions = legacy_functions
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -247,29 +360,56 @@ class _Shape:
             "choices": choices,
         }
 
-    def full(self, text: str, finish: Finish) -> dict[str, Any]:
+    def finish_reason(self, finish: Finish) -> str:
+        reason = _finish_reason(finish)
+        return "function_call" if reason == "tool_calls" and self.legacy_functions else reason
+
+    def _calls(self, calls: list[ToolCall], *, with_index: bool) -> dict[str, Any]:
+        """The message/delta fields that carry calls: ``tool_calls``, or legacy ``function_call``."""
+        if self.legacy_functions:
+            return {"function_call": {"name": calls[0].name, "arguments": _arguments(calls[0])}}
+        out = []
+        for call in calls:
+            item: dict[str, Any] = {"index": call.index} if with_index else {}
+            item.update(
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": _arguments(call)}}
+            )
+            out.append(item)
+        return {"tool_calls": out}
+
+    def full(self, text: str, finish: Finish, calls: list[ToolCall] | None = None) -> dict[str, Any]:
         if self.kind == "chat":
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            if calls:
+                # OpenAI sends null content beside calls; text before a call is kept when there is some
+                message["content"] = text if text.strip() else None
+                message.update(self._calls(calls, with_index=False))
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": _finish_reason(finish),
+                "finish_reason": self.finish_reason(finish),
             }
             body = self._envelope("chat.completion", [choice])
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish_reason(finish)}
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": self.finish_reason(finish)}
             body = self._envelope("text_completion", [choice])
         body["usage"] = _usage(finish)
         body["timings"] = finish.timings.per_second(finish.usage)
         return body
 
-    def chunk(self, text: str | None, finish_reason: str | None, *, first: bool = False) -> dict[str, Any]:
+    def chunk(
+        self, text: str | None, finish_reason: str | None, *, first: bool = False, call: ToolCall | None = None
+    ) -> dict[str, Any]:
         if self.kind == "chat":
             delta: dict[str, Any] = {}
             if first:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
+            if call is not None:
+                # each call whole in one delta: Home Assistant's home-llm does not stitch fragments
+                delta.update(self._calls([call], with_index=True))
             choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return self._envelope("chat.completion.chunk", [choice])
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
@@ -294,17 +434,12 @@ async def _serve(
     kind: Literal["chat", "completion"],
     parse: Callable[[Any], ChatCompletionRequest | CompletionRequest],
 ) -> web.StreamResponse:
-    app = request.app
     body = parse(await read_json(request))
-    resolution = resolve_model(app[REGISTRY], body.model)
-    canonical = with_model_defaults(body.to_canonical(), app[REGISTRY].models[resolution.model])
-    request["zoe_model"] = resolution.model
-    shape = _Shape(kind, resolution.model)
-    headers = {"x-zoe-model": resolution.model, "X-Request-Id": request["request_id"]}
-    deadline = deadline_header(request)
-
-    async with contextlib.aclosing(app[SUPERVISOR].generate(resolution.model, canonical, deadline)) as events:
-        first = await anext(events, None)
+    dispatched = await open_generation(request, body.model, body.to_canonical())
+    shape = _Shape(kind, dispatched.served_by.model, isinstance(body, ChatCompletionRequest) and body.legacy_functions)
+    headers = {**dispatched.headers(), "X-Request-Id": request["request_id"]}
+    async with contextlib.aclosing(dispatched.events) as events:
+        first = dispatched.first
         if isinstance(first, ErrorEvent):
             raise first.as_exception()
         if not body.stream:
@@ -316,14 +451,17 @@ async def _collect(
     shape: _Shape, first: Event | None, events: AsyncGenerator[Event, None], headers: dict[str, str]
 ) -> web.Response:
     parts: list[str] = []
+    calls: list[ToolCall] = []
     event = first
     while event is not None:
         if isinstance(event, TextDelta):
             parts.append(event.text)
+        elif isinstance(event, ToolCall):
+            calls.append(event)
         elif isinstance(event, ErrorEvent):
             raise event.as_exception()
         elif isinstance(event, Finish):
-            return web.json_response(shape.full("".join(parts), event), headers=headers)
+            return web.json_response(shape.full("".join(parts), event, calls), headers=headers)
         event = await anext(events, None)
     raise ZoeError("the generation ended without a result")
 
@@ -347,8 +485,13 @@ async def _stream(
             if isinstance(event, TextDelta):
                 await response.write(_sse(shape.chunk(event.text, None, first=not opened)))
                 opened = True
+            elif isinstance(event, ToolCall):
+                await response.write(_sse(shape.chunk(None, None, first=not opened, call=event)))
+                opened = True
             elif isinstance(event, Finish):
-                await response.write(_sse(shape.chunk(None if opened else "", _finish_reason(event), first=not opened)))
+                await response.write(
+                    _sse(shape.chunk(None if opened else "", shape.finish_reason(event), first=not opened))
+                )
                 if include_usage:
                     await response.write(_sse(shape.usage_chunk(event)))
                 await response.write(_sse("[DONE]"))
@@ -391,6 +534,10 @@ async def list_models(request: web.Request) -> web.Response:
         {"id": alias, "object": "model", "created": created[target], "owned_by": "zoe-edge", "parent": target}
         for alias, target in registry.aliases.items()
     ]
+    # routes and the auto router are names a client can ask for too
+    data += [{"id": name, "object": "model", "created": 0, "owned_by": "zoe-edge"} for name in registry.routes]
+    if registry.auto is not None:
+        data.append({"id": registry.auto.name, "object": "model", "created": 0, "owned_by": "zoe-edge"})
     return web.json_response({"object": "list", "data": data})
 
 

@@ -67,6 +67,7 @@ def load_spec(name: str, entry: ModelEntry, path: Path, gpu_layers: int) -> Load
         n_gpu_layers=gpu_layers,
         chat_format=entry.chat_format,
         kv_cache_type=entry.kv_cache_type,
+        tool_format=entry.tool_format,
     )
 
 

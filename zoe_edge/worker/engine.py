@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import codecs
 import collections
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from zoe_edge.canonical import (
@@ -23,10 +23,14 @@ from zoe_edge.canonical import (
     FinishReason,
     GenerationRequest,
     OutputConstraint,
+    Sampling,
     TextDelta,
     Timings,
+    ToolCall,
     Usage,
 )
+from zoe_edge.worker import tools
+from zoe_edge.worker.grammar import UnsupportedSchema, schema_grammar
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
 from zoe_edge.worker.templates import bundled_template
 
@@ -83,6 +87,17 @@ def stop_holdback(text: str, stops: list[str]) -> int:
     return keep
 
 
+@dataclass
+class _Pass:
+    """What one decoding pass ended with; filled in while its text is consumed."""
+
+    reason: FinishReason = "length"
+    produced: int = 0
+    first_token_at: float | None = None
+    text: str = ""  # everything yielded so far
+    triggered: bool = False  # stopped where a tool call begins
+
+
 class Engine:
     """Owns one loaded model. Not thread-safe: the worker serves one request at a time."""
 
@@ -111,8 +126,13 @@ class Engine:
             detail = llama_log.recent() if llama_log else ""
             raise RuntimeError(f"{exc}{'; llama.cpp says: ' + detail if detail else ''}") from None
         self.load_ms = (time.perf_counter() - started) * 1000.0
-        self._formatter, self.template_source = self._make_formatter(spec.chat_format)
+        self._formatter, self.template_source, template = self._make_formatter(spec.chat_format)
         self._vocab = self.llm._model.vocab
+        try:
+            self.tool_setup = tools.resolve_setup(spec.tool_format, template)
+        except Exception as exc:  # a template jinja cannot even parse still serves plain chat
+            self.tool_setup = tools.ToolSetup("generic", False, f"chat template not inspectable ({exc})")
+        log.info("%s: tool calls: %s (%s)", spec.name, self.tool_setup.format, self.tool_setup.reason)
 
     def info(self, pid: int) -> ModelInfo:
         model = self.llm._model
@@ -128,7 +148,7 @@ class Engine:
             pid=pid,
         )
 
-    def _make_formatter(self, chat_format: str) -> tuple[Any, str]:
+    def _make_formatter(self, chat_format: str) -> tuple[Any, str, str]:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         if chat_format == "auto":
@@ -143,7 +163,7 @@ class Engine:
         assert template is not None
         eos = self._token_text(self.llm.token_eos())
         bos = self._token_text(self.llm.token_bos())
-        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos), source
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos), source, template
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -155,9 +175,11 @@ class Engine:
     def prompt_tokens(self, req: GenerationRequest) -> tuple[list[int], list[str]]:
         """Tokens to evaluate and the stop strings the chat template adds."""
         if req.messages is not None:
-            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            offered = req.tools if req.uses_tools else []
+            messages = tools.chat_messages(req.messages, offered, req.tool_choice, self.tool_setup)
+            extra = {"tools": [tools.openai_tool(t) for t in offered]} if offered and self.tool_setup.native else {}
             try:
-                rendered = self._formatter(messages=messages)
+                rendered = self._formatter(messages=messages, **extra)
             except Exception as exc:  # jinja raise_exception() and template errors
                 raise RequestRejected(f"the model's chat template rejected the messages: {exc}") from None
             stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
@@ -171,16 +193,42 @@ class Engine:
             tokens = [self.llm.token_bos()]
         return tokens, []
 
-    def _grammar(self, constraint: OutputConstraint | None) -> Any:
+    def _grammar(self, gbnf: str | None) -> Any:
+        """A grammar llama.cpp accepted; a rejected one would reach the sampler as NULL and crash it."""
+        if gbnf is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        probe = self._llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+        if not probe:
+            raise RequestRejected("llama.cpp rejected the grammar made from the JSON schema", "invalid_schema")
+        self._llama_cpp.llama_sampler_free(probe)
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def _constraint_gbnf(self, constraint: OutputConstraint | None) -> str | None:
+        """``response_format``: the same schema-to-grammar path as tool arguments."""
         if constraint is None:
             return None
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+        from llama_cpp.llama_grammar import JSON_GBNF
 
+        if constraint.kind == "json":
+            return JSON_GBNF
+        return self._schema_gbnf(lambda: schema_grammar(constraint.json_schema or {}))
+
+    def _call_gbnf(self, req: GenerationRequest) -> str:
+        only = req.tool_choice.name
+        fmt = self.tool_setup.format
+        return self._schema_gbnf(lambda: tools.call_grammar(req.tools, fmt, req.parallel_tool_calls, only))
+
+    @staticmethod
+    def _schema_gbnf(build: Callable[[], str]) -> str:
         try:
-            if constraint.kind == "json":
-                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-            return LlamaGrammar.from_json_schema(json.dumps(constraint.json_schema), verbose=False)
-        except Exception as exc:
+            return build()
+        except UnsupportedSchema as exc:
+            raise RequestRejected(
+                f"the JSON schema uses features the grammar cannot enforce: {exc}", "unsupported_schema"
+            ) from None
+        except Exception as exc:  # the upstream converter asserts on what it cannot parse
             raise RequestRejected(f"cannot turn the JSON schema into a grammar: {exc}", "invalid_schema") from None
 
     def _cached_prefix(self, tokens: list[int]) -> int:
@@ -201,7 +249,12 @@ class Engine:
         """Yield canonical events; checks ``cancelled`` between tokens."""
         try:
             tokens, template_stops = self.prompt_tokens(req)
-            grammar = self._grammar(req.constraint)
+            if req.uses_tools:
+                grammar = None
+                call_grammar = self._grammar(self._call_gbnf(req))
+            else:
+                grammar = self._grammar(self._constraint_gbnf(req.constraint))
+                call_grammar = None
         except RequestRejected as exc:
             yield ErrorEvent(str(exc), exc.code, 400)
             return
@@ -216,17 +269,88 @@ class Engine:
             )
             return
         max_tokens = min(req.max_tokens or room, room)
-        stops = [*req.stop, *template_stops]
         s = req.sampling
         self.llm.set_seed(s.seed if s.seed is not None else self._llama_cpp.LLAMA_DEFAULT_SEED)
         cached = self._cached_prefix(tokens)
-
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""  # decoded text held back because it may be the start of a stop string
-        produced = 0
-        reason: FinishReason = "length"
         started = time.perf_counter()
+
+        def finish(reason: FinishReason, produced: int, first_token_at: float | None) -> Finish:
+            ended = time.perf_counter()
+            first = first_token_at or ended
+            return Finish(
+                reason,
+                Usage(prompt_tokens=len(tokens), completion_tokens=produced, cached_tokens=cached),
+                Timings(prompt_ms=(first - started) * 1000.0, predicted_ms=(ended - first) * 1000.0),
+            )
+
+        if call_grammar is None:
+            run = _Pass()
+            for piece in self._decode(tokens, grammar, [*req.stop, *template_stops], max_tokens, s, cancelled, run):
+                yield TextDelta(piece)
+            yield finish(run.reason, run.produced, run.first_token_at)
+            return
+
+        call_tokens = tokens
+        produced = 0
         first_token_at: float | None = None
+        if req.tool_choice.mode == "auto":
+            # free text until a call begins; then the call is decoded again under the grammar,
+            # from the prompt plus the text before it (llama.cpp keeps the shared KV prefix)
+            run = _Pass()
+            triggers = tools.triggers(self.tool_setup.format)
+            for piece in self._decode(
+                tokens, None, [*req.stop, *template_stops], max_tokens, s, cancelled, run, triggers
+            ):
+                yield TextDelta(piece)
+            if not run.triggered:
+                yield finish(run.reason, run.produced, run.first_token_at)
+                return
+            first_token_at = run.first_token_at
+            if run.text:
+                before = self.llm.tokenize(run.text.encode("utf-8"), add_bos=False, special=False)
+                call_tokens = tokens + before
+                produced = len(before)
+        budget = min(max_tokens - produced, n_ctx - len(call_tokens))
+        call_run = _Pass()
+        if budget >= 1:
+            # the request's own stop strings are not applied: they could cut a call's JSON in half
+            raw = "".join(self._decode(call_tokens, call_grammar, template_stops, budget, s, cancelled, call_run))
+        else:
+            raw = ""
+        produced += call_run.produced
+        first_token_at = first_token_at or call_run.first_token_at
+        if call_run.reason == "cancelled":
+            yield finish("cancelled", produced, first_token_at)
+            return
+        parsed = tools.parse(raw, self.tool_setup.format)
+        problems = tools.call_problems(parsed.calls, req.tools, req.tool_choice.name) if parsed else ["no call"]
+        if parsed is None or problems:
+            # only a call cut off by max_tokens should get here; it goes out as the text it is
+            log.warning("tool call output is not a valid call (%s): %.200r", "; ".join(problems), raw)
+            if raw:
+                yield TextDelta(raw)
+            yield finish(call_run.reason, produced, first_token_at)
+            return
+        if parsed.content:
+            yield TextDelta(parsed.content)
+        for index, call in enumerate(parsed.calls):
+            yield ToolCall(index, tools.new_call_id(), call.name, call.arguments)
+        yield finish("tool_calls", produced, first_token_at)
+
+    def _decode(
+        self,
+        tokens: list[int],
+        grammar: Any,
+        stops: list[str],
+        max_tokens: int,
+        s: Sampling,
+        cancelled: Callable[[], bool],
+        run: _Pass,
+        triggers: list[tools.Trigger] | None = None,
+    ) -> Iterator[str]:
+        """One decoding pass: yields text as it becomes final; ``run`` says how it ended."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""  # decoded text held back because it may be the start of a stop string or trigger
         is_eog = self._llama_cpp.llama_vocab_is_eog
         detok = self.llm._model.detokenize
 
@@ -241,39 +365,48 @@ class Engine:
             presence_penalty=s.presence_penalty or 0.0,
             grammar=grammar,
         ):
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
+            if run.first_token_at is None:
+                run.first_token_at = time.perf_counter()
             if cancelled():
-                reason = "cancelled"
+                run.reason = "cancelled"
                 break
             if is_eog(self._vocab, token):
-                reason = "stop"
+                run.reason = "stop"
                 break
-            produced += 1
+            run.produced += 1
             pending += decoder.decode(detok([token], special=False))
             hit = min((i for i in (pending.find(st) for st in stops) if i >= 0), default=-1) if stops else -1
             if hit >= 0:
                 pending = pending[:hit]
-                reason = "stop"
+                run.reason = "stop"
                 break
+            if triggers:
+                at = tools.find_trigger(run.text + pending, triggers)
+                if at is not None:
+                    before = (run.text + pending)[:at]
+                    if before.strip():
+                        tail = before[len(run.text) :]
+                        if tail:
+                            run.text += tail
+                            yield tail
+                    else:
+                        run.text = ""  # blank lines before a call are not content
+                    run.triggered = True
+                    run.reason = "tool_calls"
+                    return
             keep = stop_holdback(pending, stops) if stops else 0
+            if triggers:
+                keep = max(keep, tools.trigger_holdback(run.text + pending, triggers))
             if len(pending) > keep:
                 cut = len(pending) - keep
-                yield TextDelta(pending[:cut])
+                run.text += pending[:cut]
+                yield pending[:cut]
                 pending = pending[cut:]
-            if produced >= max_tokens:
+            if run.produced >= max_tokens:
                 break
-        else:  # pragma: no cover - llama.generate never ends on its own
-            reason = "length"
 
-        if reason != "cancelled":
+        if run.reason != "cancelled":
             pending += decoder.decode(b"", final=True)
             if pending:
-                yield TextDelta(pending)
-        ended = time.perf_counter()
-        first = first_token_at or ended
-        yield Finish(
-            reason,
-            Usage(prompt_tokens=len(tokens), completion_tokens=produced, cached_tokens=cached),
-            Timings(prompt_ms=(first - started) * 1000.0, predicted_ms=(ended - first) * 1000.0),
-        )
+                run.text += pending
+                yield pending

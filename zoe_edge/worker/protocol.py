@@ -37,6 +37,7 @@ class LoadSpec(BaseModel):
     n_gpu_layers: int = Field(ge=0)
     chat_format: str = "auto"
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    tool_format: str = "auto"
 
 
 class ModelInfo(BaseModel):
