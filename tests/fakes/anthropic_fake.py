@@ -94,7 +94,7 @@ class AnthropicFake(FakeServer):
         await maybe_sleep(reply.delay)
         model = str(body.get("model") or "claude-fake")
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
-        if not body.get("stream"):
+        if not body.get("stream") or reply.whole:
             return web.json_response(self._whole(reply, body, model, msg_id))
         frames = self._events(reply, body, model, msg_id)
         error = sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")

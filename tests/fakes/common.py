@@ -50,6 +50,7 @@ class FakeReply:
     stall_after: int | None = None
     error_after: int | None = None
     raw_arguments: str | None = None  # sent instead of the first call's JSON arguments (broken JSON tests)
+    whole: bool = False  # answer with one JSON object even when a stream was asked for
 
 
 @dataclass

@@ -85,7 +85,7 @@ class OpenAIFake(FakeServer):
         reply = self._next()
         await maybe_sleep(reply.delay)
         model = str(body.get("model") or "fake-model")
-        if not body.get("stream"):
+        if not body.get("stream") or reply.whole:
             return web.json_response(self._whole(reply, model, legacy))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         frames = self._chunks(reply, model, include_usage, legacy)
