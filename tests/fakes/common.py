@@ -153,7 +153,9 @@ class FakeServer:
         await resp.prepare(request)
         for i, frame in enumerate(frames):
             if reply.cut_after == i:
-                # drop the connection mid-body: the chunked encoding never terminates
+                # drop the connection mid-body: the chunked encoding never terminates. Pause first so
+                # the client has read what was sent (aiohttp drops buffered data once the cut is seen)
+                await asyncio.sleep(0.05)
                 assert request.transport is not None
                 request.transport.close()
                 return resp
