@@ -51,6 +51,8 @@ class FakeReply:
     error_after: int | None = None
     raw_arguments: str | None = None  # sent instead of the first call's JSON arguments (broken JSON tests)
     whole: bool = False  # answer with one JSON object even when a stream was asked for
+    frames: list[bytes] | None = None  # send exactly these stream frames instead of the generated ones
+    extra: dict[str, Any] = field(default_factory=dict)  # extra top-level fields in the last chunk / whole answer
 
 
 @dataclass
@@ -149,6 +151,8 @@ class FakeServer:
         malformed: bytes,
         error_frame: bytes,
     ) -> web.StreamResponse:
+        if reply.frames is not None:
+            frames = reply.frames
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         for i, frame in enumerate(frames):

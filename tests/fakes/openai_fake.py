@@ -115,6 +115,7 @@ class OpenAIFake(FakeServer):
             "system_fingerprint": "fp_fake",
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason(reply)}],
             "usage": self.usage(reply),
+            **reply.extra,
         }
 
     def _chunks(self, reply: FakeReply, model: str, include_usage: bool, legacy: bool) -> list[bytes]:
@@ -145,6 +146,6 @@ class OpenAIFake(FakeServer):
                     frames.append(chunk({"delta": {"tool_calls": [{"index": i, "function": {"arguments": frag}}]}}))
             frames.append(chunk({"delta": {}}, self.finish_reason(reply)))
         if include_usage:
-            frames.append(sse({**head, "choices": [], "usage": self.usage(reply)}))
+            frames.append(sse({**head, "choices": [], "usage": self.usage(reply), **reply.extra}))
         frames.append(b"data: [DONE]\n\n")
         return frames

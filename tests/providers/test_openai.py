@@ -17,12 +17,14 @@ from zoe_edge.canonical import (
     OutputConstraint,
     Sampling,
     TextDelta,
+    Timings,
     Tool,
     ToolCall,
     ToolCallRef,
     ToolChoice,
     Usage,
 )
+from zoe_edge.providers import ProviderError
 from zoe_edge.providers.openai import build_body
 
 SCHEMA = {"type": "object", "properties": {"entity_id": {"type": "string"}}}
@@ -206,3 +208,49 @@ async def test_invalid_tool_arguments_become_an_error_event() -> None:
     assert calls_of(events) == []
     last = events[-1]
     assert isinstance(last, ErrorEvent) and last.code == "upstream_malformed" and "turn_on" in last.message
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["stream", "non-stream"])
+async def test_llama_cpp_timings_are_kept(whole: bool) -> None:
+    # another zoe-edge (or llama.cpp's server) reports timings beside usage
+    async with OpenAIFake() as fake:
+        fake.reply(FakeReply(text="x", whole=whole, extra={"timings": {"prompt_ms": 12.5, "predicted_ms": 40.0}}))
+        p = provider("openai", fake.url)
+        events = await collect(p)
+        await p.close()
+    assert finish_of(events).timings == Timings(prompt_ms=12.5, predicted_ms=40.0)
+
+
+ROLE = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'data: {"choices":[5]}\n\n',  # a choice that is not an object
+        b'data: {"choices":{"0":{}}}\n\n',  # choices that are not a list
+        b"data: [1, 2]\n\n",  # a chunk that is not an object
+    ],
+)
+async def test_unexpected_shapes_never_crash(bad: bytes) -> None:
+    async with OpenAIFake() as fake:
+        fake.reply(FakeReply(frames=[ROLE, bad]), FakeReply(frames=[bad]))
+        p = provider("openai", fake.url, retries=0)
+        events = await collect(p)
+        # after output: an ErrorEvent; before any output: a ProviderError (the router may fall back)
+        assert events[0] == TextDelta("hi")
+        assert isinstance(events[-1], ErrorEvent) and events[-1].code == "upstream_malformed"
+        with pytest.raises(ProviderError) as info:
+            await collect(p)
+        assert info.value.code == "upstream_malformed" and info.value.retryable
+        await p.close()
+
+
+async def test_zoe_edge_style_mid_stream_error_keeps_its_code_and_status() -> None:
+    error = b'data: {"error":{"message":"model busy","type":"service_unavailable","param":null,"code":"busy"}}\n\n'
+    async with OpenAIFake() as fake:
+        fake.reply(FakeReply(frames=[ROLE, error]))
+        p = provider("openai", fake.url)
+        events = await collect(p)
+        await p.close()
+    assert events[-1] == ErrorEvent("the upstream reported an error: model busy", code="busy", status=503)

@@ -464,11 +464,17 @@ class Provider(abc.ABC):
         )
 
     async def _events(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[Event, None]:
-        if resp.content_type == "application/json":
-            raw = await asyncio.wait_for(resp.read(), self.config.idle_timeout)
-            for event in self.parse_whole(load_json_object(raw.decode("utf-8", errors="replace"), "an answer")):
-                yield event
-            return
-        async with contextlib.aclosing(self.parse_stream(sse_events(resp.content, self.config.idle_timeout))) as it:
-            async for event in it:
-                yield event
+        try:
+            if resp.content_type == "application/json":
+                raw = await asyncio.wait_for(resp.read(), self.config.idle_timeout)
+                for event in self.parse_whole(load_json_object(raw.decode("utf-8", errors="replace"), "an answer")):
+                    yield event
+                return
+            stream = self.parse_stream(sse_events(resp.content, self.config.idle_timeout))
+            async with contextlib.aclosing(stream) as it:
+                async for event in it:
+                    yield event
+        except (ProviderError, aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            raise
+        except Exception as exc:  # the wire format held a surprise (a list where an object belongs, ...)
+            raise ProviderMalformed(f"unreadable upstream answer ({type(exc).__name__}: {exc})") from exc

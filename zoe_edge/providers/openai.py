@@ -21,6 +21,7 @@ from zoe_edge.canonical import (
     GenerationRequest,
     Message,
     TextDelta,
+    Timings,
     ToolCall,
     Usage,
 )
@@ -133,7 +134,11 @@ def _error_event(body: dict[str, Any]) -> ErrorEvent:
     else:
         message, code, status = str(err), None, None
     if status is None:
-        status = 429 if code in ("rate_limit_exceeded", "rate_limit_error") else 502
+        kind = err.get("type") if isinstance(err, dict) else None
+        if code in ("rate_limit_exceeded", "rate_limit_error") or kind in ("requests", "rate_limit_error"):
+            status = 429
+        else:
+            status = 503 if kind == "service_unavailable" else 502
     return ErrorEvent(f"the upstream reported an error: {message}", code=str(code or "upstream_error"), status=status)
 
 
@@ -151,11 +156,21 @@ def _complete_calls(pending: dict[int, _PendingCall]) -> list[Event]:
     return out
 
 
-def _finish(reason: str | None, calls: bool, usage: Usage | None) -> Finish:
+def _timings(raw: Any) -> Timings | None:
+    """llama.cpp-style ``timings`` (llama.cpp's server, another zoe-edge), when the upstream sends them."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return Timings(prompt_ms=float(raw.get("prompt_ms") or 0), predicted_ms=float(raw.get("predicted_ms") or 0))
+    except (TypeError, ValueError):
+        return None
+
+
+def _finish(reason: str | None, calls: bool, usage: Usage | None, timings: Timings | None = None) -> Finish:
     mapped: FinishReason = FINISH_REASONS.get(reason or "stop", "stop")
     if calls and mapped == "stop":
         mapped = "tool_calls"  # some servers say "stop" after a call
-    return Finish(mapped, usage or Usage(0, 0))
+    return Finish(mapped, usage or Usage(0, 0), timings or Timings())
 
 
 async def parse_chunks(events: AsyncIterator[tuple[str, str]]) -> AsyncGenerator[Event, None]:
@@ -163,6 +178,7 @@ async def parse_chunks(events: AsyncIterator[tuple[str, str]]) -> AsyncGenerator
     pending: dict[int, _PendingCall] = {}
     reason: str | None = None
     usage: Usage | None = None
+    timings: Timings | None = None
     async for _, data in events:
         if data.strip() == "[DONE]":
             break
@@ -171,6 +187,7 @@ async def parse_chunks(events: AsyncIterator[tuple[str, str]]) -> AsyncGenerator
             yield _error_event(chunk)
             return
         usage = _usage(chunk.get("usage")) or usage
+        timings = _timings(chunk.get("timings")) or timings
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
             raise ProviderMalformed("a stream chunk's 'choices' is not a list")
@@ -198,7 +215,7 @@ async def parse_chunks(events: AsyncIterator[tuple[str, str]]) -> AsyncGenerator
         yield event
         if isinstance(event, ErrorEvent):
             return
-    yield _finish(reason, bool(pending), usage)
+    yield _finish(reason, bool(pending), usage, timings)
 
 
 def parse_completion(body: dict[str, Any]) -> list[Event]:
@@ -227,7 +244,9 @@ def parse_completion(body: dict[str, Any]) -> list[Event]:
     out.extend(calls)
     if calls and isinstance(calls[-1], ErrorEvent):
         return out
-    out.append(_finish(choice.get("finish_reason"), bool(pending), _usage(body.get("usage"))))
+    out.append(
+        _finish(choice.get("finish_reason"), bool(pending), _usage(body.get("usage")), _timings(body.get("timings")))
+    )
     return out
 
 
