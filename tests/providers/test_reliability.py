@@ -305,3 +305,25 @@ async def test_cut_before_first_event_is_retried() -> None:
     assert text_of(events) == "Hello from the fake."
     assert len(fake.requests) == 2
     assert p.consecutive_failures == 0
+
+
+async def test_after_a_cooldown_one_more_failure_cools_down_again() -> None:
+    async with OpenAIFake() as fake:
+        fake.fail(3, 500)
+        p = provider("openai", fake.url, retries=0, cooldown_after=2, cooldown=0.2)
+        for _ in range(2):
+            with pytest.raises(ProviderError):
+                await collect(p)
+        assert p.cooling_down() is not None
+        await asyncio.sleep(0.25)
+        assert p.cooling_down() is None
+        with pytest.raises(ProviderError) as info:
+            await collect(p)  # half-open: the first try after a cooldown decides
+        assert info.value.code == "upstream_error"
+        assert p.cooling_down() is not None
+        assert len(fake.requests) == 3
+        state = p.state()
+        assert state["name"] == p.name and state["type"] == "openai" and state["disabled"] is None
+        assert state["cooling_down_s"] is not None and state["cooling_down_s"] > 0
+        assert "test-key" not in repr(state)
+        await p.close()

@@ -271,6 +271,17 @@ class Provider(abc.ABC):
     def consecutive_failures(self) -> int:
         return self._failures
 
+    def state(self) -> dict[str, Any]:
+        """A snapshot for ``doctor``, health endpoints and logs (never includes the key)."""
+        return {
+            "name": self.name,
+            "type": self.config.type,
+            "base_url": self.config.base_url,
+            "disabled": self.disabled_reason(),
+            "cooling_down_s": self.cooling_down(),
+            "consecutive_failures": self._failures,
+        }
+
     def record_success(self) -> None:
         self._failures = 0
 

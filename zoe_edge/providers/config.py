@@ -24,7 +24,7 @@ class ProviderConfig(BaseModel):
     idle_timeout: float = Field(default=60.0, gt=0, description="longest gap between stream chunks, seconds")
     retries: int = Field(default=2, ge=0, le=10, description="extra attempts before the first event")
     backoff: float = Field(default=0.5, ge=0, description="first retry delay; doubles per attempt, seconds")
-    max_backoff: float = Field(default=30.0, ge=0, description="cap on any retry delay incl. Retry-After")
+    max_backoff: float = Field(default=10.0, ge=0, description="cap on any retry delay incl. Retry-After")
     cooldown_after: int = Field(default=3, ge=1, description="consecutive failed requests that start a cooldown")
     cooldown: float = Field(default=60.0, ge=0, description="seconds a provider is skipped after repeated failures")
     max_tokens_default: int = Field(default=1024, ge=1, description="max_tokens when a request sets none")
