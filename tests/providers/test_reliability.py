@@ -30,12 +30,12 @@ def closed_port() -> int:
 # --- retries before the first event -----------------------------------------------------------
 
 
-async def test_500_then_200_is_retried_and_served() -> None:
-    async with OpenAIFake() as fake:
-        fake.fail(1, 500)
-        p = provider("openai", fake.url)
-        events = await collect(p)
-        await p.close()
+async def test_500_then_200_is_retried_and_served(openai_fake: OpenAIFake) -> None:
+    fake = openai_fake  # the fixture form of the fake
+    fake.fail(1, 500)
+    p = provider("openai", fake.url)
+    events = await collect(p)
+    await p.close()
     assert text_of(events) == "Hello from the fake."
     assert isinstance(events[-1], Finish)
     assert len(fake.requests) == 2
@@ -53,7 +53,7 @@ async def test_429_retry_after_is_honoured() -> None:
         await p.close()
     assert isinstance(events[-1], Finish)
     assert len(fake.requests) == 2
-    assert 0.9 <= elapsed < 2.0  # the backoff alone would have been 10 ms
+    assert 0.9 <= elapsed < 3.0  # the backoff alone would have been 10 ms
 
 
 async def test_retry_after_is_capped() -> None:
@@ -64,7 +64,7 @@ async def test_retry_after_is_capped() -> None:
         await collect(p)
         elapsed = time.monotonic() - start
         await p.close()
-    assert 0.15 <= elapsed < 1.5
+    assert 0.15 <= elapsed < 3.0  # not the 120 s asked for
 
 
 def test_parse_retry_after_forms() -> None:
@@ -127,7 +127,7 @@ async def test_connection_refused_is_retryable_after_retries() -> None:
 
 async def test_first_byte_timeout() -> None:
     async with OpenAIFake() as fake:
-        fake.reply(FakeReply(delay=2.0))
+        fake.reply(FakeReply(delay=5.0))
         p = provider("openai", fake.url, timeout=0.3, retries=0)
         start = time.monotonic()
         with pytest.raises(ProviderError) as info:
@@ -135,7 +135,7 @@ async def test_first_byte_timeout() -> None:
         elapsed = time.monotonic() - start
         await p.close()
     assert (info.value.code, info.value.status, info.value.retryable) == ("upstream_timeout", 504, True)
-    assert 0.25 <= elapsed < 1.5
+    assert 0.25 <= elapsed < 3.0
 
 
 async def test_stall_before_first_event_is_retried() -> None:
@@ -228,7 +228,7 @@ async def test_idle_stall_mid_stream_ends_with_error_event(kind: str) -> None:
     last = events[-1]
     assert isinstance(last, ErrorEvent)
     assert (last.code, last.status) == ("upstream_timeout", 504)
-    assert 0.25 <= elapsed < 1.5
+    assert 0.25 <= elapsed < 3.0
     assert len(fake.requests) == 1
 
 
