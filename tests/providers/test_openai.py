@@ -253,4 +253,4 @@ async def test_zoe_edge_style_mid_stream_error_keeps_its_code_and_status() -> No
         p = provider("openai", fake.url)
         events = await collect(p)
         await p.close()
-    assert events[-1] == ErrorEvent("the upstream reported an error: model busy", code="busy", status=503)
+    assert events[-1] == ErrorEvent("test-openai: the upstream reported an error: model busy", code="busy", status=503)

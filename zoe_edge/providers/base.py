@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import json
 import logging
@@ -369,13 +370,17 @@ class Provider(abc.ABC):
     async def _next_event(self, events: AsyncGenerator[Event, None]) -> Event:
         """The next event after the first; every failure becomes an ErrorEvent, never an exception."""
         try:
-            return await anext(events)
+            event = await anext(events)
+            if isinstance(event, ErrorEvent) and not event.message.startswith(self.name):
+                event = dataclasses.replace(event, message=f"{self.name}: {event.message}")
+            return event
         except StopAsyncIteration:
             return ErrorEvent(
                 f"{self.name}: the upstream ended the stream early", code="upstream_incomplete", status=502
             )
         except ProviderError as exc:
-            return ErrorEvent(f"{self.name}: {exc.message}", code=exc.code or "upstream_error", status=exc.status)
+            message = exc.message if exc.message.startswith(self.name) else f"{self.name}: {exc.message}"
+            return ErrorEvent(message, code=exc.code or "upstream_error", status=exc.status)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             return ErrorEvent(
                 f"{self.name}: the upstream connection broke mid-stream ({type(exc).__name__}: {exc})",
@@ -419,6 +424,8 @@ class Provider(abc.ABC):
                     code="upstream_disconnected", retryable=True, provider=self.name,
                 )  # fmt: skip
             err.provider = self.name
+            if not err.message.startswith(self.name):
+                err.message = f"{self.name}: {err.message}"
             if not err.retryable:
                 break
         assert err is not None
