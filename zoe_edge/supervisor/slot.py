@@ -25,7 +25,7 @@ import psutil
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest
 from zoe_edge.config import Settings
 from zoe_edge.errors import ModelLoadFailed, ServiceUnavailable, WorkerFailed, ZoeError
-from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
+from zoe_edge.gguf_info import GGUFError, GGUFInfo, GGUFMissing, read_gguf
 from zoe_edge.registry import ModelEntry, Registry, ensure_model_file
 from zoe_edge.supervisor import device, scheduler
 from zoe_edge.supervisor.planner import Budget, Plan, plan_entry
@@ -233,7 +233,8 @@ class Supervisor:
                 plan = await self.plan_for(model)
             except (GGUFError, OSError, ValueError) as exc:
                 self._record_failure(model, str(exc))
-                raise ModelLoadFailed(f"model {model!r} cannot be loaded: {exc}", retry_after=10) from None
+                code = "model_missing" if isinstance(exc, GGUFMissing) else "model_load_failed"
+                raise ModelLoadFailed(f"model {model!r} cannot be loaded: {exc}", code=code, retry_after=10) from None
             if not plan.fits:
                 raise ModelTooLarge(f"model {model!r} {plan.reason}", retry_after=60)
         if len(self._queue) >= self.admission.max_queue:
