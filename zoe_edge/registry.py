@@ -147,6 +147,11 @@ class AdmissionSettings(BaseModel):
         return seconds
 
 
+# "first-turn": a call is required right after the user speaks, and text only after tool results;
+# small local models then make one call per command and answer, instead of chatting or looping
+ToolChoicePolicy = Literal["auto", "required", "none", "first-turn"]
+
+
 class RouteParams(BaseModel):
     """Per-route overrides: they win over the model's defaults, a client's explicit values win over them."""
 
@@ -154,6 +159,7 @@ class RouteParams(BaseModel):
 
     max_tokens: int | None = Field(default=None, ge=1)
     sampling: Sampling = Field(default_factory=Sampling)
+    tool_choice: ToolChoicePolicy | None = None
 
 
 class Route(BaseModel):
@@ -181,6 +187,7 @@ class AutoRule(BaseModel):
     reason: str
     tools: bool | None = None  # the request offers tools (True) or does not (False)
     pattern: str | None = None  # a regular expression searched in the last user message, ignoring case
+    tool_choice: ToolChoicePolicy | None = None  # how the chosen route should use the tools for this kind
 
     @field_validator("pattern")
     @classmethod

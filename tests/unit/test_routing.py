@@ -152,3 +152,35 @@ def test_bad_routes_are_clear_registry_errors(extra: dict[str, Any], words: str)
     with pytest.raises(RegistryError) as err:
         parse_registry({**BASE, **extra})
     assert any(words in p for p in err.value.problems), err.value.problems
+
+
+def _conversation(*roles: str, tools: bool = True, choice: str = "auto") -> GenerationRequest:
+    from zoe_edge.canonical import ToolCallRef, ToolChoice
+
+    messages = []
+    for role in roles:
+        if role == "assistant":
+            messages.append(Message(role="assistant", tool_calls=[ToolCallRef(name="HassTurnOn")]))
+        else:
+            messages.append(Message(role=role, content="Turn on the lights"))  # type: ignore[arg-type]
+    offered = [Tool(name="HassTurnOn")] if tools else []
+    return GenerationRequest(model="auto", messages=messages, tools=offered, tool_choice=ToolChoice(mode=choice))
+
+
+def test_first_turn_policy_forces_one_call_then_text() -> None:
+    from zoe_edge.routing.routes import effective_tool_choice
+
+    assert effective_tool_choice("first-turn", _conversation("system", "user")).mode == "required"
+    assert effective_tool_choice("first-turn", _conversation("user", "assistant", "tool")).mode == "none"
+    assert effective_tool_choice(None, _conversation("user")).mode == "auto"
+    assert effective_tool_choice("required", _conversation("user")).mode == "required"
+    # a client's explicit choice and a request without tools are left alone
+    assert effective_tool_choice("first-turn", _conversation("user", choice="none")).mode == "none"
+    assert effective_tool_choice("first-turn", _conversation("user", tools=False)).mode == "auto"
+
+
+def test_device_command_rule_carries_its_tool_policy(registry: Any) -> None:
+    plan = plan_request(registry, "auto", chat("Turn on the lights", tools=True))
+    assert plan.reason == "zoe-action (device command)" and plan.tool_choice == "first-turn"
+    plan = plan_request(registry, "auto", chat("What is the capital of France?", tools=True))
+    assert plan.reason == "zoe-action (tools present)" and plan.tool_choice is None

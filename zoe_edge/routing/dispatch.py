@@ -16,7 +16,7 @@ from zoe_edge.canonical import ErrorEvent, Event, GenerationRequest
 from zoe_edge.errors import ServiceUnavailable, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.resolve import with_model_defaults
-from zoe_edge.routing.routes import RoutePlan, Target, fallback_reason
+from zoe_edge.routing.routes import RoutePlan, Target, effective_tool_choice, fallback_reason
 from zoe_edge.supervisor import Supervisor
 
 log = logging.getLogger("zoe_edge.routing")
@@ -51,15 +51,12 @@ class Dispatched:
 
 def apply_route_params(req: GenerationRequest, plan: RoutePlan) -> GenerationRequest:
     """Route overrides under the client's explicit values."""
-    if plan.defaults_from is None:
-        return req
-    params = plan.defaults_from.params
-    return req.model_copy(
-        update={
-            "sampling": req.sampling.merged_over(params.sampling),
-            "max_tokens": req.max_tokens if req.max_tokens is not None else params.max_tokens,
-        }
-    )
+    update: dict[str, object] = {"tool_choice": effective_tool_choice(plan.tool_choice, req)}
+    if plan.defaults_from is not None:
+        params = plan.defaults_from.params
+        update["sampling"] = req.sampling.merged_over(params.sampling)
+        update["max_tokens"] = req.max_tokens if req.max_tokens is not None else params.max_tokens
+    return req.model_copy(update=update)
 
 
 class Dispatcher:

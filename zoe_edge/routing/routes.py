@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from zoe_edge.canonical import GenerationRequest
+from zoe_edge.canonical import GenerationRequest, ToolChoice
 from zoe_edge.errors import ModelNotFound
-from zoe_edge.registry import AutoRouting, Registry, Route
+from zoe_edge.registry import AutoRouting, AutoRule, Registry, Route, ToolChoicePolicy
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class RoutePlan:
     deadline: float | None
     reason: str
     defaults_from: Route | None = None  # per-route parameter overrides
+    tool_choice: ToolChoicePolicy | None = None  # from the auto rule, else from the route
 
 
 def parse_target(spec: str) -> Target:
@@ -56,26 +57,45 @@ def last_user_text(req: GenerationRequest) -> str:
     return ""
 
 
-def classify(auto: AutoRouting, req: GenerationRequest) -> tuple[str, str]:
-    """The route for an ``auto`` request and the rule that chose it (first match wins)."""
+def match_rule(auto: AutoRouting, req: GenerationRequest) -> AutoRule | None:
+    """The first rule whose every condition holds."""
     text = last_user_text(req)
     for rule in auto.rules:
         if rule.tools is not None and rule.tools != bool(req.tools):
             continue
         if rule.pattern is not None and not re.search(rule.pattern, text, re.IGNORECASE):
             continue
-        return rule.route, rule.reason
-    return auto.default, "no rule matched"
+        return rule
+    return None
+
+
+def classify(auto: AutoRouting, req: GenerationRequest) -> tuple[str, str]:
+    """The route for an ``auto`` request and why."""
+    rule = match_rule(auto, req)
+    return (rule.route, rule.reason) if rule else (auto.default, "no rule matched")
+
+
+def effective_tool_choice(policy: ToolChoicePolicy | None, req: GenerationRequest) -> ToolChoice:
+    """The tool choice a route's policy gives this request; a client's explicit choice is kept."""
+    if policy is None or not req.tools or req.tool_choice.mode != "auto":
+        return req.tool_choice
+    if policy == "first-turn":
+        last = req.messages[-1].role if req.messages else "user"
+        mode = "required" if last == "user" else "none" if last == "tool" else "auto"
+        return ToolChoice(mode=mode)
+    return ToolChoice(mode=policy)
 
 
 def plan_request(registry: Registry, requested: str, req: GenerationRequest) -> RoutePlan:
     """Resolve a client's ``model`` field: a model, an alias, a route, or the ``auto`` router."""
     auto = registry.auto
     if auto is not None and requested == auto.name:
-        chosen, why = classify(auto, req)
+        rule = match_rule(auto, req)
+        chosen, why = (rule.route, rule.reason) if rule else (auto.default, "no rule matched")
         inner = plan_request(registry, chosen, req)
+        policy = rule.tool_choice if rule and rule.tool_choice else inner.tool_choice
         return RoutePlan(
-            requested, inner.route, inner.targets, inner.deadline, f"{chosen} ({why})", inner.defaults_from
+            requested, inner.route, inner.targets, inner.deadline, f"{chosen} ({why})", inner.defaults_from, policy
         )
     if requested in registry.models:
         return RoutePlan(requested, requested, (Target(requested),), None, f"{requested} (model)")
@@ -85,7 +105,9 @@ def plan_request(registry: Registry, requested: str, req: GenerationRequest) -> 
     route = registry.routes.get(requested)
     if route is not None:
         targets = tuple(parse_target(t) for t in route.targets)
-        return RoutePlan(requested, requested, targets, route.deadline, f"{requested} (route)", route)
+        return RoutePlan(
+            requested, requested, targets, route.deadline, f"{requested} (route)", route, route.params.tool_choice
+        )
     known = ", ".join(registry.names())
     raise ModelNotFound(f"The model {requested!r} does not exist. Available: {known}", param="model")
 
