@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+from tests.conftest import Daemon, smollm_entry, start_daemon, write_registry
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NANO = FIXTURES / "orin-nano-8gb-jp62-busy.txt"
@@ -49,3 +52,12 @@ def fake_tegrastats(directory: Path, fixture: Path, *, exit_code: int | None = N
     )
     path.chmod(0o755)
     return path
+
+
+def start_board_daemon(tmp: Path, smollm_path: Path, fixture: Path, api_key: str | None = None) -> Daemon:
+    """A real daemon serving SmolLM2 on a "board" whose tegrastats prints ``fixture`` every 0.5 s."""
+    bin_dir = tmp / "bin"
+    fake_tegrastats(bin_dir, fixture)
+    registry = write_registry(tmp, {"smollm2-135m": smollm_entry(smollm_path)}, {"zoe-chat": "smollm2-135m"})
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return start_daemon(registry, tmp, "--telemetry-interval", "0.5", env=env, api_key=api_key)

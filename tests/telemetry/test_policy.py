@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from zoe_edge.telemetry.policy import (
@@ -54,7 +56,7 @@ def test_no_flapping_around_the_soft_limit() -> None:
     wobble = [84.0, 85.5, 84.2, 85.1, 83.9, 85.0, 84.5, 83.0, 84.9]
     states = run(wobble)
     assert states == [N] + [S] * 8
-    changes = sum(1 for a, b in zip(states, states[1:]) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(states) if a != b)
     assert changes == 1
     # it takes a real cool-down to return to normal
     assert run([86.0, 81.0, 80.1, 79.9])[-1] == N

@@ -12,6 +12,7 @@
     latest: null,
     samples: 0, // samples received from the stream
     lastSeq: 0,
+    historyLoaded: false,
     colors: {},
     limits: null,
   };
@@ -28,7 +29,7 @@
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === "text") node.textContent = v;
-      else if (k === "style") node.setAttribute("style", v);
+      else if (k === "color") node.style.backgroundColor = v; // CSSOM: allowed by the page's CSP, unlike style=""
       else node.setAttribute(k, v);
     }
     for (const child of children || []) node.appendChild(child);
@@ -46,7 +47,7 @@
   }
 
   function clock(epoch) {
-    return new Date(epoch * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return new Date(epoch * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
   }
 
   function colorFor(name) {
@@ -106,7 +107,10 @@
 
     const points = state.points;
     const tEnd = points.length ? points[points.length - 1].t : Date.now() / 1000;
-    const tStart = tEnd - WINDOW_S;
+    // the time axis grows with the data, from one minute up to the whole window
+    const firstT = points.length ? Math.max(points[0].t, tEnd - WINDOW_S) : tEnd;
+    const span = Math.min(WINDOW_S, Math.max(60, tEnd - firstT));
+    const tStart = tEnd - span;
     let lo = opts.min !== undefined ? opts.min : Infinity;
     let hi = opts.max !== undefined ? opts.max : -Infinity;
     let count = 0;
@@ -137,11 +141,11 @@
     }
     const pad = (hi - lo) * 0.08;
     if (opts.min === undefined) lo -= pad;
-    hi += pad;
+    if (opts.max === undefined) hi += pad;
 
     const left = 38, right = 6, top = 6, bottom = 16;
     const plotW = width - left - right, plotH = height - top - bottom;
-    const x = (t) => left + ((t - tStart) / WINDOW_S) * plotW;
+    const x = (t) => left + ((t - tStart) / span) * plotW;
     const y = (v) => top + (1 - (v - lo) / (hi - lo)) * plotH;
 
     ctx.font = "10px system-ui, sans-serif";
@@ -161,7 +165,7 @@
     }
     ctx.textBaseline = "alphabetic";
     ctx.textAlign = "left";
-    ctx.fillText("-" + Math.round(WINDOW_S / 60) + " min", left, height - 3);
+    ctx.fillText(span >= 120 ? "-" + Math.round(span / 60) + " min" : "-" + Math.round(span) + " s", left, height - 3);
     ctx.textAlign = "right";
     ctx.fillText("now", width - right, height - 3);
 
@@ -213,7 +217,7 @@
       ...series.map((s) => {
         const latest = state.points.length ? s.value(state.points[state.points.length - 1]) : null;
         return el("span", { "data-series": s.name }, [
-          el("i", { style: "background:" + s.color }),
+          el("i", { color: s.color }),
           document.createTextNode(s.name + " " + fmt(latest, 1, unit === "W" ? " W" : "°")),
         ]);
       })
@@ -355,11 +359,11 @@
       ...(reqs.length
         ? reqs.map((r) =>
             el("tr", { "data-status": String(r.status) }, [
-              el("td", { text: clock(r.at) }),
+              el("td", { class: "time", text: clock(r.at) }),
               el("td", { text: r.served_by || "–" }),
               el("td", { text: (r.route || "") + (r.fallback ? " · fallback: " + r.fallback : "") }),
-              el("td", { text: String(r.status) }),
-              el("td", { text: fmt(r.ms, 0) }),
+              el("td", { class: "num", text: String(r.status) }),
+              el("td", { class: "num", text: fmt(r.ms, 0) }),
             ])
           )
         : [el("tr", {}, [el("td", { colspan: "5", class: "muted", text: "no requests yet" })])])
@@ -371,9 +375,9 @@
       ...(swaps.length
         ? swaps.map((w) =>
             el("tr", {}, [
-              el("td", { text: clock(w.at) }),
+              el("td", { class: "time", text: clock(w.at) }),
               el("td", { text: (w.from || "–") + " → " + w.to }),
-              el("td", { text: fmt(w.duration_ms, 0) }),
+              el("td", { class: "num", text: fmt(w.duration_ms, 0) }),
               el("td", { text: w.reason || "" }),
             ])
           )
@@ -405,16 +409,18 @@
   }
 
   async function loadHistory() {
-    const r = await fetch("/api/telemetry?seconds=" + WINDOW_S, { cache: "no-store" });
+    // from the origin, not the page URL: a page opened with user:key@ in its URL cannot fetch relative URLs
+    const r = await fetch(new URL("/api/telemetry?seconds=" + WINDOW_S, window.location.origin), { cache: "no-store" });
     if (!r.ok) throw new Error("GET /api/telemetry: " + r.status);
     const body = await r.json();
     text("reason", body.reason || "");
     for (const p of body.history || []) push(p);
+    state.historyLoaded = true;
     if (body.snapshot) render(body.snapshot);
   }
 
   function connect() {
-    const source = new EventSource("/api/telemetry/stream");
+    const source = new EventSource(new URL("/api/telemetry/stream", window.location.origin));
     source.onopen = () => setConn("open", "live");
     source.onmessage = (event) => {
       const sample = JSON.parse(event.data);
