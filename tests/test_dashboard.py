@@ -1,9 +1,9 @@
 """The dashboard in real headless Chromium (Debian's chromium + chromedriver, driven by Selenium).
 
-A daemon with an API key runs on a pretend Orin NX near its thermal limit (fake tegrastats printing
-the throttled fixture every 0.5 s). The browser logs in with the key as HTTP Basic, the page must load
-with no console errors and no request leaving the daemon, the charts must move with the live stream,
-and screenshots (desktop and phone) are written to tests/artifacts/.
+The ``board`` daemon (tests/conftest.py) runs on a pretend Orin NX near its thermal limit (a fake
+tegrastats prints the throttled fixture every 0.5 s) with an API key. The browser logs in with the key
+as HTTP Basic; the page must load with no console errors and no request leaving the daemon, the charts
+must move with the live stream, and screenshots (desktop and phone) go to tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -22,32 +22,16 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import REPO, Daemon
-from tests.telemetry.helpers import THROTTLED, start_board_daemon
+from tests.conftest import BOARD_KEY, REPO, Daemon
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the [dev] extra")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
-KEY = "dash-key"
+KEY = BOARD_KEY
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-@pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
-    d = start_board_daemon(tmp_path_factory.mktemp("dash"), smollm_path, THROTTLED, api_key=KEY)
-    # one request, so the page has a recent request and a speed to show
-    r = httpx.post(
-        d.v1 + "/chat/completions",
-        headers=d.headers,
-        json={"model": "zoe-chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
-    yield d
-    d.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A real daemon on a pretend Orin NX: a fake ``tegrastats`` on PATH prints the throttled fixture.
+"""A real daemon on a pretend Orin NX (the ``board`` fixture in tests/conftest.py): a fake
+``tegrastats`` on PATH prints the throttled fixture.
 
 The probe must pick tegrastats, and /api/telemetry and the SSE stream must carry the fixture's values
 together with the daemon's own figures.
@@ -8,30 +9,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-import pytest
 
-from tests.conftest import Daemon
-from tests.telemetry.helpers import THROTTLED, lines, start_board_daemon
+from tests.conftest import BOARD_KEY, Daemon, smollm_entry, start_daemon, write_registry
+from tests.telemetry.helpers import NANO, THROTTLED, fake_tegrastats, lines
 from zoe_edge.telemetry.tegrastats import parse_line
 
-KEY = "board-key"
+KEY = BOARD_KEY
 FIXTURE = [parse_line(line) for line in lines(THROTTLED)]
 TJ = {r.temps["tj"] for r in FIXTURE}  # 96.125, 96.75
 POWER = {r.power_total_mw for r in FIXTURE}  # 24890, 21040
-
-
-@pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
-    d = start_board_daemon(tmp_path_factory.mktemp("board"), smollm_path, THROTTLED, api_key=KEY)
-    yield d
-    d.stop()
 
 
 def telemetry(d: Daemon, **params: Any) -> dict[str, Any]:
@@ -126,27 +119,35 @@ def test_the_stream_needs_the_key(board: Daemon) -> None:
 
 
 def test_a_request_shows_in_the_daemon_figures(board: Daemon) -> None:
-    r = httpx.post(
-        board.v1 + "/chat/completions",
-        headers=board.headers,
-        json={"model": "zoe-chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        daemon = telemetry(board)["snapshot"]["daemon"]
-        if daemon["requests"] >= 1 and daemon["recent_requests"]:
-            break
-        time.sleep(0.2)
+    # the board fixture served one chat request before the tests
+    daemon = telemetry(board)["snapshot"]["daemon"]
     assert daemon["requests"] == 1 and daemon["tokens_per_s"] and daemon["tokens_per_s"] > 0
     (recent,) = daemon["recent_requests"]
     assert recent["path"] == "/v1/chat/completions" and recent["status"] == 200
-    assert "smollm2-135m" in recent["served_by"] and recent["route"]
+    assert recent["served_by"] == "local:smollm2-135m" and recent["route"] == "zoe-chat (alias of smollm2-135m)"
+    assert recent["fallback"] is None and daemon["fallbacks"] == 0
 
 
-def test_tegrastats_stops_with_the_daemon(board: Daemon) -> None:
-    (child,) = tegrastats_children(board)
-    board.stop()
-    assert board.proc.returncode == 0
+def test_tegrastats_stops_with_the_daemon(tmp_path: Path, smollm_path: Path) -> None:
+    # a daemon of its own (the board is shared): no preload, an Orin Nano's tegrastats
+    bin_dir = tmp_path / "bin"
+    fake_tegrastats(bin_dir, NANO)
+    registry = write_registry(tmp_path, {"smollm2-135m": smollm_entry(smollm_path)})
+    d = start_daemon(
+        registry,
+        tmp_path,
+        "--no-preload",
+        "--telemetry-interval",
+        "0.5",
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        wait_ready=False,
+    )
+    try:
+        snap = wait_for_snapshot(d)["snapshot"]
+        assert snap["source"] == "tegrastats" and snap["temps"]["tj"] in (58.312, 58.906, 57.75)
+        assert snap["daemon"]["model"] is None and snap["daemon"]["plan"] is None
+        (child,) = tegrastats_children(d)
+    finally:
+        d.stop()
+    assert d.proc.returncode == 0
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
