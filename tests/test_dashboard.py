@@ -128,7 +128,7 @@ def test_dashboard_live_in_chromium(board: Daemon, browser: Any) -> None:
     assert "GPU layers" in page and "tok/s" in page
     warnings = js(browser, "return [...document.querySelectorAll('#warnings .warning')].map(w => w.dataset.kind)")
     assert "thermal" in warnings
-    assert "soft limit 85°C" in browser.find_element("id", "warnings").text
+    assert "soft limit 85 C" in browser.find_element("id", "warnings").text
     assert "thermal soft" in browser.find_element("id", "thermal-pill").text
     assert "local:smollm2-135m" in browser.find_element("id", "requests").text
     assert "→ smollm2-135m" in browser.find_element("id", "swaps").text

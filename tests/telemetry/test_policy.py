@@ -48,7 +48,8 @@ def run(temps: list[float | None], start: ThermalState = N) -> list[ThermalState
 def test_single_steps(temp: float, previous: ThermalState, expected: ThermalState) -> None:
     state, reason = thermal_state(temp, previous, SOFT, HARD, HYST)
     assert state == expected
-    assert f"{temp:.1f}°C" in reason and reason.startswith("tj ")
+    assert f"{temp:.1f} C" in reason and reason.startswith("tj ")
+    assert reason.isascii()  # fit for a response header
 
 
 def test_no_flapping_around_the_soft_limit() -> None:
@@ -71,12 +72,12 @@ def test_no_flapping_around_the_hard_limit() -> None:
 def test_reasons_say_why_and_until_when() -> None:
     assert thermal_state(96.125, N, SOFT, HARD, HYST, sensor="tj") == (
         H,
-        "tj 96.1°C is at or above the hard limit 95°C",
+        "tj 96.1 C is at or above the hard limit 95 C",
     )
     state, reason = thermal_state(82.0, S, SOFT, HARD, HYST, sensor="gpu")
-    assert state == S and reason == "gpu 82.0°C is cooling; stays soft until under 80°C"
+    assert state == S and reason == "gpu 82.0 C is cooling; stays soft until under 80 C"
     state, reason = thermal_state(70.0, S, SOFT, HARD, HYST)
-    assert state == N and "under the soft limit 85°C" in reason
+    assert state == N and "under the soft limit 85 C" in reason
 
 
 def test_no_reading_keeps_the_previous_state() -> None:
@@ -115,7 +116,7 @@ def test_warnings() -> None:
         "memory": {"ram_available_mb": 300.0, "ram_total_mb": 7620.0, "swap_used_mb": 369.0},
         "daemon": {"failures": {"gemma": {"reason": "bad file", "count": 2}}},
     }
-    found = warnings_for(sample, S, "tj 90.0°C is at or above the soft limit 85°C", reserve_mb=1024)
+    found = warnings_for(sample, S, "tj 90.0 C is at or above the soft limit 85 C", reserve_mb=1024)
     kinds = {w["kind"]: w for w in found}
     assert set(kinds) == {"thermal", "memory", "swap", "model"}
     assert kinds["thermal"]["level"] == "warning" and "soft limit" in kinds["thermal"]["message"]

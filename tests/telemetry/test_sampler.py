@@ -96,7 +96,7 @@ async def test_thermal_state_follows_the_readings_with_hysteresis() -> None:
     sample = await sampler2.sample_once()
     assert sample["thermal"] == {
         "state": "soft",
-        "reason": "tj 96.1°C is at or above the soft limit 85°C",
+        "reason": "tj 96.1 C is at or above the soft limit 85 C",
         "sensor": "tj",
         "temp_c": 96.125,
         "soft_c": 85,

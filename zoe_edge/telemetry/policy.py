@@ -57,21 +57,22 @@ def thermal_state(
 
     A state is entered at its limit (``temp >= soft`` / ``temp >= hard``) and left only once the
     temperature is ``hysteresis`` degrees under that limit, so a sensor hovering around a limit does
-    not flap. With no reading (sensor offline or missing) the previous state stands.
+    not flap. With no reading (sensor offline or missing) the previous state stands. The reason is
+    plain ASCII ("tj 96.1 C is at or above the soft limit 85 C"), so it can go in a response header.
     """
     _check_limits(soft, hard, hysteresis)
     if current_temp is None:
         return previous_state, f"{sensor} has no reading; staying {previous_state.value}"
     t = current_temp
     if t >= hard:
-        return ThermalState.HARD, f"{sensor} {t:.1f}°C is at or above the hard limit {hard:g}°C"
+        return ThermalState.HARD, f"{sensor} {t:.1f} C is at or above the hard limit {hard:g} C"
     if previous_state == ThermalState.HARD and t > hard - hysteresis:
-        return ThermalState.HARD, f"{sensor} {t:.1f}°C is cooling; stays hard until under {hard - hysteresis:g}°C"
+        return ThermalState.HARD, f"{sensor} {t:.1f} C is cooling; stays hard until under {hard - hysteresis:g} C"
     if t >= soft:
-        return ThermalState.SOFT, f"{sensor} {t:.1f}°C is at or above the soft limit {soft:g}°C"
+        return ThermalState.SOFT, f"{sensor} {t:.1f} C is at or above the soft limit {soft:g} C"
     if previous_state in (ThermalState.SOFT, ThermalState.HARD) and t > soft - hysteresis:
-        return ThermalState.SOFT, f"{sensor} {t:.1f}°C is cooling; stays soft until under {soft - hysteresis:g}°C"
-    return ThermalState.NORMAL, f"{sensor} {t:.1f}°C is under the soft limit {soft:g}°C"
+        return ThermalState.SOFT, f"{sensor} {t:.1f} C is cooling; stays soft until under {soft - hysteresis:g} C"
+    return ThermalState.NORMAL, f"{sensor} {t:.1f} C is under the soft limit {soft:g} C"
 
 
 def sensor_temperature(temps: Mapping[str, float | None], sensor: str = DEFAULT_SENSOR) -> tuple[float | None, str]:
