@@ -20,34 +20,41 @@ def lines(path: Path) -> list[str]:
 
 
 FAKE_TEGRASTATS = """#!{python}
-# a stand-in for NVIDIA's tegrastats: prints the fixture lines, one per --interval, round and round
+# a stand-in for NVIDIA's tegrastats: prints the lines of lines.txt, one per --interval, round and round.
+# lines.txt is read again before every line, so a test can change the board's state (heat it, cool it).
 import sys, time
 args = sys.argv[1:]
 with open({argv_file!r}, "w") as f:
     f.write(" ".join(args))
 interval = int(args[args.index("--interval") + 1]) / 1000 if "--interval" in args else 1.0
-lines = [l for l in open({fixture!r}).read().splitlines() if l.strip()]
 {before}
 i = 0
 while True:
-    sys.stdout.write(lines[i % len(lines)] + "\\n")
-    sys.stdout.flush()
+    with open({lines_file!r}) as f:
+        lines = [l for l in f.read().splitlines() if l.strip()]
+    if lines:
+        sys.stdout.write(lines[i % len(lines)] + "\\n")
+        sys.stdout.flush()
     i += 1
     time.sleep(interval)
 """
 
 
 def fake_tegrastats(directory: Path, fixture: Path, *, exit_code: int | None = None) -> Path:
-    """Write an executable ``tegrastats`` into ``directory``; it records its arguments in ``args.txt``.
+    """Write an executable ``tegrastats`` into ``directory``; it records its arguments in ``args.txt``
+    and prints the lines of ``directory/lines.txt`` (a copy of ``fixture``; overwrite it to change
+    what the board reports, e.g. to cool it down).
 
     With ``exit_code`` it prints nothing and exits at once (a tegrastats that does not work here).
     """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "tegrastats"
+    lines_file = directory / "lines.txt"
+    lines_file.write_text(fixture.read_text())
     before = f"sys.exit({exit_code})" if exit_code is not None else ""
     path.write_text(
         FAKE_TEGRASTATS.format(
-            python=sys.executable, argv_file=str(directory / "args.txt"), fixture=str(fixture), before=before
+            python=sys.executable, argv_file=str(directory / "args.txt"), lines_file=str(lines_file), before=before
         )
     )
     path.chmod(0o755)

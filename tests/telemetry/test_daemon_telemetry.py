@@ -33,11 +33,13 @@ def telemetry(d: Daemon, **params: Any) -> dict[str, Any]:
     return dict(r.json())
 
 
-def wait_for_snapshot(d: Daemon, min_history: int = 1) -> dict[str, Any]:
+def wait_for_snapshot(d: Daemon, min_history: int = 1, after: float = 0.0) -> dict[str, Any]:
+    """The telemetry once it has ``min_history`` samples and its newest was taken after ``after``."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         body = telemetry(d)
-        if body["snapshot"] is not None and len(body["history"]) >= min_history:
+        snap = body["snapshot"]
+        if snap is not None and len(body["history"]) >= min_history and snap["at"] > after:
             return body
         time.sleep(0.2)
     raise AssertionError(f"no telemetry after 20 s: {body}\n{d.log()}")
@@ -55,7 +57,8 @@ def tegrastats_children(d: Daemon) -> list[psutil.Process]:
 
 
 def test_the_probe_picks_tegrastats_and_the_snapshot_carries_the_fixture(board: Daemon) -> None:
-    body = wait_for_snapshot(board, min_history=3)
+    # a sample taken now, after the fixture's chat request has finished
+    body = wait_for_snapshot(board, min_history=3, after=time.time())
     bin_dir = board.log_path.parent / "bin"
     assert body["source"] == "tegrastats"
     assert body["reason"].startswith(f"tegrastats: running {bin_dir / 'tegrastats'} --interval 500")
@@ -128,8 +131,18 @@ def test_a_request_shows_in_the_daemon_figures(board: Daemon) -> None:
     assert recent["fallback"] is None and daemon["fallbacks"] == 0
 
 
-def test_tegrastats_stops_with_the_daemon(tmp_path: Path, smollm_path: Path) -> None:
-    # a daemon of its own (the board is shared): no preload, an Orin Nano's tegrastats
+def wait_for_state(d: Daemon, state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        snap = telemetry(d)["snapshot"]
+        if snap and snap["thermal"]["state"] == state:
+            return dict(snap)
+        time.sleep(0.2)
+    raise AssertionError(f"thermal state never became {state}: {snap['thermal'] if snap else None}")
+
+
+def test_the_board_heats_and_cools_then_tegrastats_stops_with_the_daemon(tmp_path: Path, smollm_path: Path) -> None:
+    # a daemon of its own (the board is shared): no preload, an Orin Nano at 58 C
     bin_dir = tmp_path / "bin"
     fake_tegrastats(bin_dir, NANO)
     registry = write_registry(tmp_path, {"smollm2-135m": smollm_entry(smollm_path)})
@@ -145,7 +158,18 @@ def test_tegrastats_stops_with_the_daemon(tmp_path: Path, smollm_path: Path) -> 
     try:
         snap = wait_for_snapshot(d)["snapshot"]
         assert snap["source"] == "tegrastats" and snap["temps"]["tj"] in (58.312, 58.906, 57.75)
+        assert snap["thermal"]["state"] == "normal"
+        # 908 MB free of 7620 with 369 MB swapped: memory pressure (under the registry's reserve), not heat
+        assert [w["kind"] for w in snap["warnings"]] == ["memory", "swap"]
+        assert "908 MB available, under the" in snap["warnings"][0]["message"]
         assert snap["daemon"]["model"] is None and snap["daemon"]["plan"] is None
+        # the fake board heats up past the soft limit, then cools down again
+        (bin_dir / "lines.txt").write_text(THROTTLED.read_text())
+        hot = wait_for_state(d, "soft")
+        assert hot["temps"]["tj"] in TJ and hot["thermal"]["reason"].startswith("tj 96.")
+        (bin_dir / "lines.txt").write_text(NANO.read_text())
+        cool = wait_for_state(d, "normal")
+        assert cool["temps"]["tj"] < 80 and "under the soft limit" in cool["thermal"]["reason"]
         (child,) = tegrastats_children(d)
     finally:
         d.stop()
