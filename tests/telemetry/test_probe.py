@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,49 @@ def test_duplicate_zone_names_stay_apart(tmp_path: Path) -> None:
 def test_jtop_offline_sensor(temp: float | None) -> None:
     r = reading_from_jtop({"tj": {"online": True, "temp": temp}}, {}, {})
     assert r.temps == {"tj": None} and r.power_total_mw is None and r.ram_total_mb is None
+
+
+def tegrastats_children() -> list[psutil.Process]:
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "tegrastats" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                out.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+async def test_a_silent_tegrastats_times_out_and_cancelling_the_probe_leaves_no_process(tmp_path: Path) -> None:
+    exe = fake_tegrastats(tmp_path / "bin", NANO)
+    (tmp_path / "bin" / "lines.txt").write_text("")  # runs, prints nothing
+    silent = TegrastatsSource(str(exe), 0.1, first_line_timeout=0.5)
+    with pytest.raises(RuntimeError, match=r"printed nothing in 0\.5 s before a parsable line"):
+        await silent.start()
+    assert tegrastats_children() == []
+    # the daemon stops while the probe still waits for tegrastats' first line
+    task = asyncio.create_task(choose_source(1.0, jtop=no_jtop, which=lambda name: str(exe)))
+    for _ in range(50):
+        if tegrastats_children():
+            break
+        await asyncio.sleep(0.05)
+    assert len(tegrastats_children()) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert tegrastats_children() == []
+
+
+async def test_a_jtop_that_hangs_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoe_edge.telemetry.probe as probe
+
+    monkeypatch.setattr(probe, "JTOP_START_TIMEOUT_S", 0.2)
+    handle = FakeJtop()
+    handle.start = lambda: time.sleep(1)  # type: ignore[method-assign]
+    source = await choose_source(1.0, jtop=lambda: (lambda: handle, "answers"), which=nowhere)
+    try:
+        assert isinstance(source, PsutilSource)
+        assert "jtop failed to start: TimeoutError" in source.reason
+        assert handle.closed
+    finally:
+        await source.close()

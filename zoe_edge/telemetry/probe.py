@@ -25,6 +25,7 @@ from zoe_edge.telemetry.tegrastats import OFFLINE_C, Core, Rail, Reading, Tegras
 log = logging.getLogger("zoe_edge.telemetry")
 
 JTOP_SOCKET = "/run/jtop.sock"
+JTOP_START_TIMEOUT_S = 10.0
 JtopFactory = Callable[[], Any]
 # what the jtop check found: a factory that opens a jtop client, or None, and why
 JtopCheck = Callable[[], tuple[JtopFactory | None, str]]
@@ -146,8 +147,8 @@ class JtopSource(Source):
 
     async def start(self) -> None:
         handle = self._factory()
-        await asyncio.to_thread(handle.start)
         self._jtop = handle
+        await asyncio.wait_for(asyncio.to_thread(handle.start), JTOP_START_TIMEOUT_S)
 
     def _read_sync(self) -> Reading:
         j = self._jtop
@@ -215,13 +216,20 @@ class TegrastatsSource(Source):
         proc = await self._spawn()
         self._task = asyncio.create_task(self._run(proc), name="zoe-tegrastats")
         first = asyncio.create_task(self._first.wait())
-        # whichever comes first: a parsed line, tegrastats exiting, or the timeout
-        await asyncio.wait({first, self._task}, timeout=self.first_line_timeout, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            # whichever comes first: a parsed line, tegrastats exiting, or the timeout
+            await asyncio.wait(
+                {first, self._task}, timeout=self.first_line_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:  # the daemon stops while we wait: leave no tegrastats behind
+            first.cancel()
+            await self.close()
+            raise
         first.cancel()
         if not self._first.is_set():
             code = proc.returncode
             await self.close()
-            how = f"exited with {code}" if code is not None else f"printed nothing in {self.first_line_timeout:.0f} s"
+            how = f"exited with {code}" if code is not None else f"printed nothing in {self.first_line_timeout:g} s"
             raise RuntimeError(f"{self.executable} {how} before a parsable line")
 
     async def _run(self, proc: asyncio.subprocess.Process) -> None:
@@ -447,9 +455,12 @@ async def choose_source(
             await source.start()
             source.reason = f"jtop: {why}"
             return source
+        except asyncio.CancelledError:
+            await source.close()
+            raise
         except Exception as exc:
             await source.close()
-            passed_over.append(f"jtop failed to start: {exc}")
+            passed_over.append(f"jtop failed to start: {str(exc) or type(exc).__name__}")
     else:
         passed_over.append(why)
 
