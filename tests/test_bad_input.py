@@ -131,10 +131,15 @@ def broken_daemon(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -
     d.stop()
 
 
-@pytest.mark.parametrize(("model", "words"), [("missing", "does not exist"), ("truncated", "truncated")])
-def test_missing_or_corrupt_model_is_503_and_others_keep_serving(broken_daemon: Daemon, model: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "words", "code"),
+    [("missing", "does not exist", "model_missing"), ("truncated", "truncated", "model_load_failed")],
+)
+def test_missing_or_corrupt_model_is_503_and_others_keep_serving(
+    broken_daemon: Daemon, model: str, words: str, code: str
+) -> None:
     r = httpx.post(broken_daemon.v1 + "/chat/completions", json={**GOOD, "model": model}, timeout=30)
-    message = assert_openai_error(r, 503, "model_load_failed")
+    message = assert_openai_error(r, 503, code)
     assert words in message
     assert int(r.headers["Retry-After"]) > 0
     assert words in broken_daemon.log()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,7 +136,7 @@ async def test_keep_alive_zero_unloads_and_minus_one_outlives_the_ttl(ha_daemon:
     assert (await c.ps()).models == []
     out = await c.chat(model="zoe-chat", messages=[], keep_alive=-1)
     assert out.done_reason == "load"
-    time.sleep(4.0)  # the registry TTL is 3 s
+    await asyncio.sleep(4.0)  # the registry TTL is 3 s
     assert [m.model for m in (await c.ps()).models] == ["smollm2-135m:latest"]
     await c.chat(model="zoe-chat", messages=[], keep_alive="2s")
     await asyncio.sleep(3.5)

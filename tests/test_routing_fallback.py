@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -99,11 +100,18 @@ async def hold_local(d: Daemon) -> tuple[asyncio.Task[None], asyncio.Event]:
     return task, started
 
 
+async def release(task: asyncio.Task[None]) -> None:
+    """End the long local generation: the slot frees as soon as its client goes away."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def test_busy_local_falls_back_to_cloud_with_reason(daemon: Daemon, fakes: Any) -> None:
     cloud, _ = fakes
     task, _ = await hold_local(daemon)
     r = await post(daemon, {"model": "fast", "messages": HI})
-    await task
+    await release(task)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "Hello from the cloud."
     assert r.headers["x-zoe-served-by"] == "cloud:gpt-fake"
@@ -158,7 +166,7 @@ async def test_cloud_down_and_local_busy_is_503_listing_every_target(daemon: Dae
     cloud.fail(20, 503, retry_after="7")
     task, _ = await hold_local(daemon)
     r = await post(daemon, {"model": "fast-then-down", "messages": HI})
-    await task
+    await release(task)
     assert r.status_code == 503, r.text
     err = r.json()["error"]
     assert err["code"] == "no_target_available"
@@ -169,9 +177,10 @@ async def test_cloud_down_and_local_busy_is_503_listing_every_target(daemon: Dae
 async def test_local_only_route_busy_is_503_with_retry_after(daemon: Daemon) -> None:
     task, _ = await hold_local(daemon)
     r = await post(daemon, {"model": "local-only", "messages": HI})
-    await task
+    await release(task)
     assert r.status_code == 503
-    assert "local model busy" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "busy"
+    assert "the local model is busy" in r.json()["error"]["message"]
     assert "Retry-After" in r.headers
 
 

@@ -255,3 +255,29 @@ def test_quantised_kv_cache_loads_and_plans_smaller(tmp_path: Path, model_files:
         assert q8_kv == pytest.approx(f16_kv * 34 / 64, rel=0.01)  # 34 bytes per 32 values vs 2 bytes each
     finally:
         d.stop()
+
+
+def test_memory_pressure_unloads_the_idle_model(tmp_path: Path, model_files: dict[str, Path]) -> None:
+    """Another program takes memory: the idle model gives its own back, and reloading is refused."""
+    from zoe_edge.supervisor.device import read_meminfo
+
+    available_mb = read_meminfo()["MemAvailable"] // 2**20
+    # leave 1 GB above the reserve: SmolLM2's plan (~0.5 GB) fits, a 2 GB allocation will not
+    registry = two_models(tmp_path, model_files, device={"reserve_mb": available_mb - 1000})
+    d = start_daemon(registry, tmp_path)
+    try:
+        assert d.status()["slot"]["model"] == "smol"
+        hog = bytearray(2 * 2**30)
+        for i in range(0, len(hog), 4096):  # touch every page so the memory is really taken
+            hog[i] = 1
+        deadline = time.monotonic() + 20
+        while d.status()["slot"]["state"] != "unloaded" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status = d.status()
+        assert status["slot"]["state"] == "unloaded"
+        assert "memory pressure" in (status["last_error"] or "")
+        r = chat(d, "smol")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_too_large"
+        del hog
+    finally:
+        d.stop()

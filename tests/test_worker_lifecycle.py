@@ -155,3 +155,26 @@ def test_api_key_required_when_configured(tmp_path: Path, smollm_path: Path) -> 
         assert "s3cret-key-value" not in d.log()
     finally:
         d.stop()
+
+
+def test_disconnect_during_prompt_processing_aborts_it(fresh_daemon: Daemon) -> None:
+    """A client that gives up while a long prompt is being read frees the model mid-prompt."""
+    pid = fresh_daemon.worker_pid()
+    body = {**SHORT, "messages": [{"role": "user", "content": "lorem ipsum dolor " * 220}], "stream": True}
+    # how long this prompt takes when nobody interrupts it
+    started = time.monotonic()
+    assert (
+        httpx.post(fresh_daemon.v1 + "/chat/completions", json={**body, "stream": False}, timeout=60).status_code == 200
+    )
+    full = time.monotonic() - started
+    changed = {**body, "messages": [{"role": "user", "content": "dolor sit amet " * 220}]}  # no cached prefix
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(fresh_daemon.v1 + "/chat/completions", json=changed, timeout=0.2)
+    started = time.monotonic()
+    r = httpx.post(fresh_daemon.v1 + "/chat/completions", json=SHORT, timeout=60)
+    waited = time.monotonic() - started
+    assert r.status_code == 200
+    print(f"uninterrupted prompt {full:.2f} s, next request after an abort waited {waited:.2f} s")
+    assert waited < max(0.5, full / 2), f"waited {waited:.2f} s; the uninterrupted prompt takes {full:.2f} s"
+    assert fresh_daemon.worker_pid() == pid  # aborted, not killed
+    assert "generation cancelled by the daemon after 0 tokens" in fresh_daemon.log()

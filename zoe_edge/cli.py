@@ -286,6 +286,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 )
             )
             check(False, f"model {name}: {exc}", fix)
+    from zoe_edge.providers import make_provider
+
+    for name, config in registry.providers.items():
+        disabled = make_provider(name, config).disabled_reason()
+        # a provider without its key is skipped by routing, not an error: say so, and how to enable it
+        state = f"disabled, {disabled}; routes skip it" if disabled else "enabled"
+        print(f"[{'--' if disabled else 'ok'}] provider {name} ({config.type}, {config.base_url}): {state}")
+        if disabled and config.api_key_env:
+            print(f"       to enable: set {config.api_key_env} (e.g. in /etc/zoe-edge/zoe-edge.env)")
     key_set = bool(_env("ZOE_API_KEY"))
     check(
         is_loopback(args.host) or key_set,

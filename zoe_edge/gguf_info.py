@@ -56,6 +56,10 @@ class GGUFError(Exception):
     """The file is missing, unreadable or not a complete GGUF model."""
 
 
+class GGUFMissing(GGUFError):
+    """There is no file at the model's path."""
+
+
 @dataclass(frozen=True)
 class GGUFInfo:
     path: str
@@ -241,7 +245,7 @@ def read_gguf(path: Path) -> GGUFInfo:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise GGUFError(f"model file {path} does not exist") from None
+        raise GGUFMissing(f"model file {path} does not exist") from None
     except OSError as exc:
         raise GGUFError(f"model file {path} cannot be read: {exc.strerror}") from None
     key = (str(path), st.st_size, st.st_mtime_ns)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zoe_edge import validation
 from zoe_edge.canonical import Sampling
 from zoe_edge.errors import RegistryError
+from zoe_edge.providers.config import ProviderConfig
 from zoe_edge.worker.templates import bundled_formats
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -209,7 +210,7 @@ class Registry(BaseModel):
     models: dict[str, ModelEntry] = Field(min_length=1)
     aliases: dict[str, str] = Field(default_factory=dict)
     routes: dict[str, Route] = Field(default_factory=dict)
-    providers: dict[str, Any] = Field(default_factory=dict)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     auto: AutoRouting | None = None
     preload: str | None = Field(default=None, description="model loaded at start; default: the default model")
     device: DeviceSettings = Field(default_factory=DeviceSettings)

@@ -134,6 +134,19 @@ def test_doctor_repo_registry_passes(capsys: pytest.CaptureFixture[str]) -> None
     assert "[ok] state directory" in out
 
 
+def test_doctor_says_which_providers_are_disabled_and_how_to_enable_them(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-value")
+    main(["doctor", "--config", str(REPO / "models.yaml")])
+    out = capsys.readouterr().out
+    assert "[--] provider openai (openai, " in out and "OPENAI_API_KEY is not set; routes skip it" in out
+    assert "to enable: set OPENAI_API_KEY" in out
+    assert "[ok] provider anthropic (anthropic, https://api.anthropic.com): enabled" in out
+    assert "sk-ant-test-value" not in out
+
+
 def test_doctor_missing_model_file_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = _registry(tmp_path, "default: a\nmodels:\n  a: {file: missing.gguf}\n")
     code = main(["doctor", "--config", str(config), "--state-dir", str(tmp_path / "state")])

@@ -305,3 +305,14 @@ def test_ewma_converges_to_a_steady_sample() -> None:
         value = ewma(value, 2.0 if value is None else 4.0)
     # 2 + 2 x (1 - 0.7**39) ~ 4 - 1.8e-6
     assert value == pytest.approx(4.0, abs=1e-5)
+
+
+def test_memory_pressure_unloads_only_an_idle_model() -> None:
+    from zoe_edge.supervisor.scheduler import memory_pressure
+
+    mib = 2**20
+    assert memory_pressure(900 * mib, 1000 * mib, idle=True) == (
+        "memory pressure: 900 MB available is under the 1000 MB reserve"
+    )
+    assert memory_pressure(900 * mib, 1000 * mib, idle=False) is None  # never cut a generation
+    assert memory_pressure(1000 * mib, 1000 * mib, idle=True) is None

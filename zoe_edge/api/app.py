@@ -15,6 +15,7 @@ from zoe_edge.api import admin, ollama, openai, telemetry
 from zoe_edge.api.common import DISPATCHER, REGISTRY, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.config import Settings
+from zoe_edge.providers import make_provider
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.sdnotify import Notifier
@@ -46,7 +47,11 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[SUPERVISOR] = Supervisor(registry, settings.registry_path.resolve().parent, settings)
-    app[DISPATCHER] = Dispatcher(registry, app[SUPERVISOR], {})
+    upstreams = {name: make_provider(name, config) for name, config in registry.providers.items()}
+    app[DISPATCHER] = Dispatcher(registry, app[SUPERVISOR], upstreams)
+    for name, upstream in upstreams.items():
+        if (why := upstream.disabled_reason()) is not None:
+            log.info("provider %s is disabled: %s", name, why)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     openai.add_routes(app)
@@ -70,6 +75,8 @@ async def _supervisor_lifetime(app: web.Application) -> AsyncIterator[None]:
     preload.cancel()
     await asyncio.gather(preload, return_exceptions=True)
     await supervisor.close()
+    for upstream in app[DISPATCHER].upstreams.values():
+        await upstream.close()
 
 
 async def serve(settings: Settings, registry: Registry) -> None:

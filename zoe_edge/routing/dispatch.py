@@ -31,6 +31,8 @@ class Upstream(Protocol):
 
     def generate(self, model: str, req: GenerationRequest) -> AsyncGenerator[Event, None]: ...
 
+    async def close(self) -> None: ...
+
 
 @dataclass
 class Dispatched:
@@ -97,6 +99,8 @@ class Dispatcher:
         wait = deadline if deadline is not None else plan.deadline
         skipped: list[str] = []
         retry_after: list[float] = []
+        # with nowhere else to go, a target's own error is the most useful answer
+        alone = len(plan.targets) == 1
         for target in plan.targets:
             why = self._unusable(target)
             if why is not None:
@@ -108,13 +112,13 @@ class Dispatcher:
             except ZoeError as exc:
                 await events.aclose()
                 reason = fallback_reason(exc.code, exc.status)
-                if reason is None:
+                if reason is None or alone:
                     raise
                 skipped.append(f"{target.label}: {reason} ({exc.message})")
                 if exc.retry_after is not None:
                     retry_after.append(exc.retry_after)
                 continue
-            if isinstance(first, ErrorEvent):
+            if isinstance(first, ErrorEvent) and not alone:
                 reason = fallback_reason(first.code, first.status)
                 if reason is not None:
                     await events.aclose()

@@ -103,7 +103,9 @@ FALLBACK_REASONS = {
     "provider_disabled": "provider disabled",
     "cooling_down": "provider cooling down",
     "upstream_error": "provider failed",
-    "upstream_unavailable": "provider unreachable",
+    "upstream_unreachable": "provider unreachable",
+    "upstream_overloaded": "provider overloaded",
+    "upstream_timeout": "provider timed out",
     "rate_limited": "provider rate-limited",
 }
 

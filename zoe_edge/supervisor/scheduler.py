@@ -83,3 +83,14 @@ def backoff_s(failures: int, base: float = 10.0, cap: float = 300.0) -> float:
 
 def ewma(previous: float | None, sample: float, weight: float = 0.3) -> float:
     return sample if previous is None else previous + weight * (sample - previous)
+
+
+def memory_pressure(available_bytes: int, reserve_bytes: int, idle: bool) -> str | None:
+    """Why an idle model should give its memory back now, or ``None``.
+
+    Only an idle model is unloaded: cutting a generation would hurt more than waiting for it.
+    """
+    if not idle or available_bytes >= reserve_bytes:
+        return None
+    mib = 1024 * 1024
+    return f"memory pressure: {available_bytes // mib} MB available is under the {reserve_bytes // mib} MB reserve"

@@ -25,7 +25,7 @@ import psutil
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest
 from zoe_edge.config import Settings
 from zoe_edge.errors import ModelLoadFailed, ServiceUnavailable, WorkerFailed, ZoeError
-from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
+from zoe_edge.gguf_info import GGUFError, GGUFInfo, GGUFMissing, read_gguf
 from zoe_edge.registry import ModelEntry, Registry, ensure_model_file
 from zoe_edge.supervisor import device, scheduler
 from zoe_edge.supervisor.planner import Budget, Plan, plan_entry
@@ -36,6 +36,7 @@ log = logging.getLogger("zoe_edge.supervisor")
 
 MiB = device.MiB
 CRASH_WINDOW_S = 60.0
+MEMORY_CHECK_S = 5.0
 CRASHES_BEFORE_BACKOFF = 3
 
 
@@ -233,7 +234,8 @@ class Supervisor:
                 plan = await self.plan_for(model)
             except (GGUFError, OSError, ValueError) as exc:
                 self._record_failure(model, str(exc))
-                raise ModelLoadFailed(f"model {model!r} cannot be loaded: {exc}", retry_after=10) from None
+                code = "model_missing" if isinstance(exc, GGUFMissing) else "model_load_failed"
+                raise ModelLoadFailed(f"model {model!r} cannot be loaded: {exc}", code=code, retry_after=10) from None
             if not plan.fits:
                 raise ModelTooLarge(f"model {model!r} {plan.reason}", retry_after=60)
         if len(self._queue) >= self.admission.max_queue:
@@ -363,6 +365,9 @@ class Supervisor:
         while True:
             deadline = self._idle_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if self._worker is not None and not self.profile.simulated:
+                # the rest of the house may take memory at any time: look again every few seconds
+                timeout = MEMORY_CHECK_S if timeout is None else min(timeout, MEMORY_CHECK_S)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
@@ -378,6 +383,15 @@ class Supervisor:
         if deadline is not None and time.monotonic() >= deadline:
             await self._stop_worker(f"idle for {self._ttl(self.model or ''):.0f} s (ttl)")
             return
+        if self._worker is not None and not self.profile.simulated:
+            idle = self._busy_with is None and not self._queue
+            available = device.refresh(self.profile).available_bytes
+            pressure = scheduler.memory_pressure(available, self.registry.device.reserve_mb * MiB, idle)
+            if pressure is not None:
+                log.warning("unloading %r: %s", self.model, pressure)
+                self.last_error = pressure
+                await self._stop_worker(pressure)
+                return
         while self._busy_with is None and self._queue:
             if self._queue[0].model is None or all(t.model is None for t in self._queue):
                 unload = next(t for t in self._queue if t.model is None)

@@ -126,6 +126,14 @@ class Engine:
             detail = llama_log.recent() if llama_log else ""
             raise RuntimeError(f"{exc}{'; llama.cpp says: ' + detail if detail else ''}") from None
         self.load_ms = (time.perf_counter() - started) * 1000.0
+        self._abort_check: Callable[[], bool] | None = None
+
+        @llama_cpp.ggml_abort_callback  # type: ignore[untyped-decorator]
+        def abort(_data: Any) -> bool:
+            check = self._abort_check
+            return bool(check is not None and check())
+
+        self._abort_callback = abort  # a ctypes callback must outlive its registration
         self._formatter, self.template_source, template = self._make_formatter(spec.chat_format)
         self._vocab = self.llm._model.vocab
         try:
@@ -337,6 +345,34 @@ class Engine:
             yield ToolCall(index, tools.new_call_id(), call.name, call.arguments)
         yield finish("tool_calls", produced, first_token_at)
 
+    def _set_abort(self, check: Callable[[], bool] | None) -> None:
+        self._abort_check = check
+        callback = self._abort_callback if check is not None else self._llama_cpp.ggml_abort_callback()
+        self._llama_cpp.llama_set_abort_callback(self.llm.ctx, callback, None)
+
+    def _abortable(self, stream: Iterator[int], cancelled: Callable[[], bool], run: _Pass) -> Iterator[int]:
+        """Tokens from ``stream``; a cancel during prompt processing aborts llama.cpp mid-batch.
+
+        Processing a Home Assistant prompt takes seconds on a board; a client that gives up must
+        free the model at once, not after the prompt. llama.cpp polls the callback between graph
+        nodes, which costs a Python call each, so it is armed only until the first token: from
+        then on the per-token check in the caller is enough.
+        """
+        self._set_abort(cancelled)
+        try:
+            first = next(stream, None)
+        except RuntimeError:
+            if not cancelled():
+                raise
+            run.reason = "cancelled"
+            return
+        finally:
+            self._set_abort(None)
+        if first is None:
+            return
+        yield first
+        yield from stream
+
     def _decode(
         self,
         tokens: list[int],
@@ -354,7 +390,7 @@ class Engine:
         is_eog = self._llama_cpp.llama_vocab_is_eog
         detok = self.llm._model.detokenize
 
-        for token in self.llm.generate(
+        stream = self.llm.generate(
             tokens,
             top_k=s.top_k if s.top_k is not None else 40,
             top_p=s.top_p if s.top_p is not None else 0.95,
@@ -364,7 +400,8 @@ class Engine:
             frequency_penalty=s.frequency_penalty or 0.0,
             presence_penalty=s.presence_penalty or 0.0,
             grammar=grammar,
-        ):
+        )
+        for token in self._abortable(stream, cancelled, run):
             if run.first_token_at is None:
                 run.first_token_at = time.perf_counter()
             if cancelled():

@@ -1,0 +1,1 @@
+"""Loopback fakes of cloud APIs (OpenAI chat completions, Anthropic Messages) for provider tests."""
