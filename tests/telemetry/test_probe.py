@@ -251,8 +251,9 @@ def test_jtop_offline_sensor(temp: float | None) -> None:
 
 
 def tegrastats_children() -> list[psutil.Process]:
+    """tegrastats processes this test process started (not those of a daemon another test runs)."""
     out = []
-    for child in psutil.Process().children(recursive=True):
+    for child in psutil.Process().children():
         try:
             if "tegrastats" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                 out.append(child)
