@@ -183,3 +183,26 @@ def copy_truncated(src: Path, dst: Path, fraction: float = 0.5) -> Path:
 def copy_file(src: Path, dst: Path) -> Path:
     shutil.copyfile(src, dst)
     return dst
+
+
+BOARD_KEY = "board-key"
+
+
+@pytest.fixture(scope="session")
+def board(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
+    """A daemon on a pretend Orin NX near its thermal limit: a fake ``tegrastats`` on PATH prints the
+    throttled fixture every 0.5 s. Has an API key and has served one chat request (shared by the
+    telemetry integration test and the dashboard test, so the slow first generation happens once).
+    """
+    from tests.telemetry.helpers import THROTTLED, start_board_daemon
+
+    d = start_board_daemon(tmp_path_factory.mktemp("board"), smollm_path, THROTTLED, api_key=BOARD_KEY)
+    r = httpx.post(
+        d.v1 + "/chat/completions",
+        headers=d.headers,
+        json={"model": "zoe-chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    yield d
+    d.stop()

@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("ZOE_STREAM_INTERVAL_MS") or "20",
         help="merge streamed tokens that arrive within this many ms into one chunk; 0 sends every token (default: 20)",
     )
+    serve.add_argument(
+        "--telemetry-interval",
+        type=float,
+        default=_env("ZOE_TELEMETRY_INTERVAL") or "1",
+        help="seconds between telemetry samples (tegrastats --interval; default: 1)",
+    )
     serve.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
     serve.add_argument("--log-level", default=_env("ZOE_LOG_LEVEL") or "info", choices=["debug", "info", "warning"])
 
@@ -140,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         admin_key=SecretStr(os.environ["ZOE_ADMIN_KEY"]) if _env("ZOE_ADMIN_KEY") else None,
         max_body_bytes=args.max_body_bytes,
         stream_interval_ms=args.stream_interval_ms,
+        telemetry_interval_s=args.telemetry_interval,
     )
     refusal = settings.check_bind()
     if refusal:

@@ -48,6 +48,8 @@ class Settings(BaseModel):
     drain_timeout_s: float = Field(default=30.0, ge=0)
     # overrides the registry's device.profile (simulate a board: "would this fit on a Nano?")
     profile: str | None = None
+    # board telemetry (temperatures, power, memory): one sample per interval, 15 minutes kept
+    telemetry_interval_s: float = Field(default=1.0, ge=0.1, le=60.0)
 
     def check_bind(self) -> str | None:
         """Why this bind is refused, or ``None``: beyond loopback needs a key or an explicit opt-out."""

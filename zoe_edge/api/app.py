@@ -11,7 +11,7 @@ import psutil
 from aiohttp import web
 
 from zoe_edge import __version__
-from zoe_edge.api import admin, ollama, openai
+from zoe_edge.api import admin, ollama, openai, telemetry
 from zoe_edge.api.common import DISPATCHER, REGISTRY, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.config import Settings
@@ -20,6 +20,7 @@ from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.sdnotify import Notifier
 from zoe_edge.supervisor import SlotState, Supervisor
+from zoe_edge.telemetry.sampler import Sampler
 
 log = logging.getLogger("zoe_edge")
 
@@ -57,6 +58,8 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     ollama.add_routes(app)
     admin.add_routes(app)
     app.cleanup_ctx.append(_supervisor_lifetime)
+    sampler = Sampler(settings.telemetry_interval_s, daemon=telemetry.daemon_figures(app))
+    telemetry.setup(app, sampler)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from typing import Any, TypeVar
@@ -17,11 +18,15 @@ from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
 from zoe_edge.routing.routes import plan_request
 from zoe_edge.supervisor import Supervisor
+from zoe_edge.telemetry.sampler import Sampler
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+SAMPLER = web.AppKey("sampler", Sampler)
+# the last generation requests (served by, route, fallback reason), for the dashboard
+RECENT_REQUESTS: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("recent_requests")
 
 
 class Lenient(BaseModel):
@@ -39,6 +44,7 @@ async def open_generation(request: web.Request, name: str, req: GenerationReques
     plan = plan_request(app[REGISTRY], name, req)
     dispatched = await app[DISPATCHER].dispatch(plan, req, deadline_header(request))
     request["zoe_model"] = dispatched.served_by.label
+    request["zoe_route"] = dispatched.headers()
     log.info("route %s -> %s", plan.reason, dispatched.served_by.label)
     return dispatched
 

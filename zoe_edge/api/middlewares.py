@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import logging
 import re
@@ -13,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import SecretStr
 
-from zoe_edge.api import ollama, openai
+from zoe_edge.api import ollama, openai, telemetry
 from zoe_edge.api.common import SETTINGS
 from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
@@ -31,6 +33,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # reachable without a key: liveness probes from systemd or a load balancer carry none
 PUBLIC_PATHS = frozenset({"/health"})
+# what a browser opens: a page load cannot carry a bearer token, so HTTP Basic (password = API key) works too
+BROWSER_PATHS = ("/dashboard", "/api/telemetry")
+BASIC_CHALLENGE = 'Basic realm="zoe-edge", charset="UTF-8"'
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> ZoeError:
@@ -76,6 +81,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         _log_error(request, err)
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
+    telemetry.record_request(request, response.status, started)
     log.info(
         "%s %s %d %.1fms id=%s model=%s",
         request.method,
@@ -109,10 +115,16 @@ def _log_error(request: web.Request, exc: ZoeError) -> None:
     )
 
 
-def _check_bearer(request: web.Request, key: SecretStr, what: str) -> None:
+def _check_bearer(request: web.Request, key: SecretStr, what: str, basic: bool = False) -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented:
+    if basic and scheme.lower() == "basic" and presented:
+        try:
+            # any user name; the password is the key
+            presented = base64.b64decode(presented.strip(), validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized(f"invalid {what}") from None
+    elif scheme.lower() != "bearer" or not presented:
         raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <key>'")
     # constant time, so response timing reveals nothing about how much of the key matched
     if not hmac.compare_digest(presented.strip().encode(), key.get_secret_value().encode()):
@@ -129,5 +141,14 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
             raise Forbidden("the admin API answers only on loopback until an admin key is set (ZOE_ADMIN_KEY)")
         return await handler(request)
     if settings.api_key is not None and request.path not in PUBLIC_PATHS:
-        _check_bearer(request, settings.api_key, "API key")
+        browser = request.path.startswith(BROWSER_PATHS)
+        try:
+            _check_bearer(request, settings.api_key, "API key", basic=browser)
+        except Unauthorized as exc:
+            if not browser:
+                raise
+            # the browser asks for the key (any user name) and sends it with the page's own requests
+            response = _render_error(request, exc)
+            response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
+            return response
     return await handler(request)
