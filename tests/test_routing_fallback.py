@@ -34,10 +34,21 @@ def registry_with(tmp: Path, smol: Path, cloud_url: str, claude_url: str, **extr
     )
     data = yaml.safe_load(path.read_text())
     data["providers"] = {
-        "cloud": {"type": "openai", "base_url": cloud_url, "api_key_env": "ZOE_TEST_CLOUD_KEY", "retries": 2,
-                  "backoff": 0.05, "cooldown_after": 50},
-        "claude": {"type": "anthropic", "base_url": claude_url, "api_key_env": "ZOE_TEST_CLOUD_KEY", "retries": 1,
-                   "backoff": 0.05},
+        "cloud": {
+            "type": "openai",
+            "base_url": cloud_url,
+            "api_key_env": "ZOE_TEST_CLOUD_KEY",
+            "retries": 2,
+            "backoff": 0.05,
+            "cooldown_after": 50,
+        },
+        "claude": {
+            "type": "anthropic",
+            "base_url": claude_url,
+            "api_key_env": "ZOE_TEST_CLOUD_KEY",
+            "retries": 1,
+            "backoff": 0.05,
+        },
         "nokey": {"type": "openai", "base_url": cloud_url, "api_key_env": "ZOE_TEST_UNSET_KEY"},
     }
     data["routes"] = {
@@ -87,11 +98,17 @@ async def hold_local(d: Daemon) -> tuple[asyncio.Task[None], asyncio.Event]:
     started = asyncio.Event()
 
     async def run() -> None:
-        body = {"model": "smol", "messages": [{"role": "user", "content": "Write a long story."}],
-                "max_tokens": 300, "temperature": 0.8, "stream": True}
-        async with httpx.AsyncClient(timeout=120) as client, client.stream(
-            "POST", d.v1 + "/chat/completions", json=body
-        ) as r:
+        body = {
+            "model": "smol",
+            "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 300,
+            "temperature": 0.8,
+            "stream": True,
+        }
+        async with (
+            httpx.AsyncClient(timeout=120) as client,
+            client.stream("POST", d.v1 + "/chat/completions", json=body) as r,
+        ):
             async for _ in r.aiter_lines():
                 started.set()
 
@@ -141,8 +158,14 @@ async def test_missing_model_falls_back(daemon: Daemon) -> None:
 
 async def test_model_that_does_not_fit_falls_back(tmp_path: Path, smollm_path: Path, fakes: Any) -> None:
     cloud, claude = fakes
-    registry = registry_with(tmp_path, smollm_path, cloud.url, claude.root,
-                             device={"profile": "orin-nano-8gb", "reserve_mb": 6500}, preload="none")
+    registry = registry_with(
+        tmp_path,
+        smollm_path,
+        cloud.url,
+        claude.root,
+        device={"profile": "orin-nano-8gb", "reserve_mb": 6500},
+        preload="none",
+    )
     d = start_daemon(registry, tmp_path, env=KEY_ENV, wait_ready=False)
     try:
         r = await post(d, {"model": "fast", "messages": HI})
@@ -209,8 +232,11 @@ async def test_worker_killed_mid_stream_ends_with_an_error_and_no_splice(daemon:
     text = ""
     with pytest.raises(openai.APIError):
         stream = await client.chat.completions.create(
-            model="fast", messages=[{"role": "user", "content": "Write a long story."}],  # type: ignore[list-item]
-            max_tokens=500, temperature=0.8, stream=True,
+            model="fast",
+            messages=[{"role": "user", "content": "Write a long story."}],  # type: ignore[list-item]
+            max_tokens=500,
+            temperature=0.8,
+            stream=True,
         )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -222,14 +248,24 @@ async def test_worker_killed_mid_stream_ends_with_an_error_and_no_splice(daemon:
 
 async def test_anthropic_stream_with_a_tool_call_reaches_an_openai_client(daemon: Daemon, fakes: Any) -> None:
     _, claude = fakes
-    claude.default = FakeReply(text="", tool_calls=[FakeToolCall("HassTurnOn", {"name": "kitchen light"})],
-                               args_chunk=3)
+    claude.default = FakeReply(
+        text="", tool_calls=[FakeToolCall("HassTurnOn", {"name": "kitchen light"})], args_chunk=3
+    )
     client = openai.AsyncOpenAI(base_url=daemon.v1, api_key="x", max_retries=0, timeout=60)
-    tools = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {
-        "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "HassTurnOn",
+                "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+            },
+        }
+    ]
     stream = await client.chat.completions.create(
-        model="claude-route", messages=[{"role": "user", "content": "Turn on the kitchen light"}],  # type: ignore[list-item]
-        tools=tools, stream=True,  # type: ignore[arg-type]
+        model="claude-route",
+        messages=[{"role": "user", "content": "Turn on the kitchen light"}],  # type: ignore[list-item]
+        tools=tools,
+        stream=True,  # type: ignore[arg-type]
     )
     calls = []
     finish = None
@@ -241,7 +277,8 @@ async def test_anthropic_stream_with_a_tool_call_reaches_an_openai_client(daemon
     assert len(calls) == 1  # one complete call in one delta, never fragments
     assert calls[0].function.name == "HassTurnOn"
     assert calls[0].function.arguments == '{"name": "kitchen light"}' or (
-        __import__("json").loads(calls[0].function.arguments or "") == {"name": "kitchen light"})
+        __import__("json").loads(calls[0].function.arguments or "") == {"name": "kitchen light"}
+    )
     sent = claude.bodies[-1]
     assert sent["tools"][0]["name"] == "HassTurnOn" and sent["max_tokens"] >= 1
 
@@ -255,8 +292,9 @@ async def test_auto_route_header_shows_the_choice(daemon: Daemon) -> None:
     assert r.headers["x-zoe-served-by"] == "local:smol"
 
 
-async def test_a_second_zoe_edge_is_an_openai_compatible_upstream(tmp_path: Path, smollm_path: Path,
-                                                                  daemon: Daemon) -> None:
+async def test_a_second_zoe_edge_is_an_openai_compatible_upstream(
+    tmp_path: Path, smollm_path: Path, daemon: Daemon
+) -> None:
     """Daemon B routes to daemon A (the fixture) as its cloud: the real thing, not a fake."""
     tmp_b = tmp_path / "b"
     tmp_b.mkdir()
@@ -275,3 +313,37 @@ async def test_a_second_zoe_edge_is_an_openai_compatible_upstream(tmp_path: Path
         assert r.json()["usage"]["completion_tokens"] == direct.json()["usage"]["completion_tokens"]
     finally:
         b.stop()
+
+
+async def test_hot_board_sends_requests_with_a_fallback_to_the_cloud(
+    tmp_path: Path, smollm_path: Path, fakes: Any
+) -> None:
+    """A fake tegrastats reports the throttled Orin NX (tj 96 C): over the soft limit, then cooled."""
+    from tests.telemetry.helpers import fake_tegrastats
+
+    fixtures = Path(__file__).parent / "telemetry" / "fixtures"
+    cloud, claude = fakes
+    bin_dir = tmp_path / "bin"
+    fake_tegrastats(bin_dir, fixtures / "orin-nx-16gb-throttled.txt")
+    env = {**KEY_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    registry = registry_with(tmp_path, smollm_path, cloud.url, claude.root)
+    d = start_daemon(registry, tmp_path, "--telemetry-interval", "0.5", env=env)
+    try:
+        await asyncio.sleep(1.5)  # a few samples
+        r = await post(d, {"model": "fast", "messages": HI, "max_tokens": 4})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-zoe-served-by"] == "cloud:gpt-fake"
+        assert (
+            "soft thermal limit" in r.headers["x-zoe-fallback-reason"] and "tj 96" in r.headers["x-zoe-fallback-reason"]
+        )
+        # a request with nowhere else to go still runs locally above the soft limit
+        r = await post(d, {"model": "smol", "messages": HI, "max_tokens": 4})
+        assert r.status_code == 200 and r.headers["x-zoe-served-by"] == "local:smol"
+        # cool the board well under soft minus hysteresis: requests come home
+        (bin_dir / "lines.txt").write_text((fixtures / "orin-nano-8gb-jp62-busy.txt").read_text())
+        await asyncio.sleep(1.5)
+        r = await post(d, {"model": "fast", "messages": HI, "max_tokens": 4})
+        assert r.status_code == 200
+        assert r.headers["x-zoe-served-by"] == "local:smol", r.headers.get("x-zoe-fallback-reason")
+    finally:
+        d.stop()

@@ -128,6 +128,23 @@ class DeviceSettings(BaseModel):
         return value
 
 
+class ThermalSettings(BaseModel):
+    """Thermal policy: above ``soft_c`` requests with a fallback leave the board, above ``hard_c`` none start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sensor: str = "tj"
+    soft_c: float = Field(default=85.0, gt=0, le=150)
+    hard_c: float = Field(default=99.0, gt=0, le=150)
+    hysteresis_c: float = Field(default=5.0, ge=0, le=50)
+
+    @model_validator(mode="after")
+    def _order(self) -> ThermalSettings:
+        if self.hard_c < self.soft_c:
+            raise ValueError(f"hard_c ({self.hard_c}) must not be below soft_c ({self.soft_c})")
+        return self
+
+
 class AdmissionSettings(BaseModel):
     """How long requests may queue for the single slot, and how hard the slot resists swapping."""
 
@@ -222,6 +239,7 @@ class Registry(BaseModel):
     preload: str | None = Field(default=None, description="model loaded at start; default: the default model")
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    thermal: ThermalSettings = Field(default_factory=ThermalSettings)
 
     @model_validator(mode="after")
     def _names(self) -> Registry:

@@ -184,3 +184,13 @@ def test_device_command_rule_carries_its_tool_policy(registry: Any) -> None:
     assert plan.reason == "zoe-action (device command)" and plan.tool_choice == "first-turn"
     plan = plan_request(registry, "auto", chat("What is the capital of France?", tools=True))
     assert plan.reason == "zoe-action (tools present)" and plan.tool_choice is None
+
+
+def test_thermal_skip() -> None:
+    from zoe_edge.routing.routes import thermal_skip
+
+    assert thermal_skip("normal", "tj 60 C", has_fallback=True) is None
+    assert thermal_skip("soft", "tj 96 C", has_fallback=False) is None  # nowhere else to go: stay local
+    assert thermal_skip("soft", "tj 96 C", has_fallback=True) == "board over its soft thermal limit (tj 96 C)"
+    assert thermal_skip("hard", "tj 101 C", has_fallback=False) == "board over its hard thermal limit (tj 101 C)"
+    assert fallback_reason("too_hot", 503) == "board over its thermal limit"

@@ -20,6 +20,7 @@ from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.sdnotify import Notifier
 from zoe_edge.supervisor import SlotState, Supervisor
+from zoe_edge.telemetry.policy import ThermalLimits
 from zoe_edge.telemetry.sampler import Sampler
 
 log = logging.getLogger("zoe_edge")
@@ -58,8 +59,11 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     ollama.add_routes(app)
     admin.add_routes(app)
     app.cleanup_ctx.append(_supervisor_lifetime)
-    sampler = Sampler(settings.telemetry_interval_s, daemon=telemetry.daemon_figures(app))
+    t = registry.thermal
+    limits = ThermalLimits(t.sensor, t.soft_c, t.hard_c, t.hysteresis_c)
+    sampler = Sampler(settings.telemetry_interval_s, daemon=telemetry.daemon_figures(app), limits=limits)
     telemetry.setup(app, sampler)
+    app[DISPATCHER].thermal = lambda: (sampler.thermal.value, sampler.thermal_reason)
     return app
 
 

@@ -8,7 +8,7 @@ error rather than splicing another target's words onto it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,7 +16,7 @@ from zoe_edge.canonical import ErrorEvent, Event, GenerationRequest
 from zoe_edge.errors import ServiceUnavailable, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.resolve import with_model_defaults
-from zoe_edge.routing.routes import RoutePlan, Target, effective_tool_choice, fallback_reason
+from zoe_edge.routing.routes import RoutePlan, Target, effective_tool_choice, fallback_reason, thermal_skip
 from zoe_edge.supervisor import Supervisor
 
 log = logging.getLogger("zoe_edge.routing")
@@ -59,11 +59,22 @@ def apply_route_params(req: GenerationRequest, plan: RoutePlan) -> GenerationReq
     return req.model_copy(update=update)
 
 
+def _always_cool() -> tuple[str, str]:
+    return "normal", "no telemetry"
+
+
 class Dispatcher:
-    def __init__(self, registry: Registry, supervisor: Supervisor, upstreams: Mapping[str, Upstream]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        supervisor: Supervisor,
+        upstreams: Mapping[str, Upstream],
+        thermal: Callable[[], tuple[str, str]] = _always_cool,
+    ) -> None:
         self.registry = registry
         self.supervisor = supervisor
         self.upstreams = upstreams
+        self.thermal = thermal  # (state, reason) from the telemetry sampler
 
     def _open(self, target: Target, req: GenerationRequest, deadline: float | None) -> AsyncGenerator[Event, None]:
         if target.local:
@@ -72,9 +83,9 @@ class Dispatcher:
         upstream = self.upstreams[target.provider or ""]
         return upstream.generate(target.model, req)
 
-    def _unusable(self, target: Target) -> str | None:
+    def _unusable(self, target: Target, has_fallback: bool) -> str | None:
         if target.local:
-            return None
+            return thermal_skip(*self.thermal(), has_fallback)
         upstream = self.upstreams.get(target.provider or "")
         if upstream is None:
             return "provider not configured"
@@ -98,10 +109,12 @@ class Dispatcher:
         retry_after: list[float] = []
         # with nowhere else to go, a target's own error is the most useful answer
         alone = len(plan.targets) == 1
-        for target in plan.targets:
-            why = self._unusable(target)
+        for i, target in enumerate(plan.targets):
+            why = self._unusable(target, has_fallback=i < len(plan.targets) - 1)
             if why is not None:
                 skipped.append(f"{target.label}: {why}")
+                if alone:
+                    raise ServiceUnavailable(f"{target.label}: {why}", code="too_hot", retry_after=60)
                 continue
             events = self._open(target, req, wait)
             try:

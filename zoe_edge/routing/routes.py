@@ -132,6 +132,17 @@ FALLBACK_REASONS = {
 }
 
 
+def thermal_skip(state: str, why: str, has_fallback: bool) -> str | None:
+    """Why the local model must not start this request because of heat, or ``None``.
+
+    Above the soft limit only requests that have somewhere else to go leave the board; above the
+    hard limit nothing starts locally.
+    """
+    if state == "hard" or (state == "soft" and has_fallback):
+        return f"board over its {state} thermal limit ({why})"
+    return None
+
+
 def fallback_reason(code: str | None, status: int) -> str | None:
     """Why the next target may try after this failure, or ``None`` when the request itself is at fault."""
     if code in FALLBACK_REASONS:
