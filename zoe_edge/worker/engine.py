@@ -304,6 +304,7 @@ class Engine:
             if run.text:
                 before = self.llm.tokenize(run.text.encode("utf-8"), add_bos=False, special=False)
                 call_tokens = tokens + before
+                # usage counts what the answer is made of: the text before the call, then the call
                 produced = len(before)
         budget = min(max_tokens - produced, n_ctx - len(call_tokens))
         call_run = _Pass()

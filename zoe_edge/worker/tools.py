@@ -344,7 +344,7 @@ def _call_from(obj: Any) -> ParsedCall | None:
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting is malformed too
             return None
     if not isinstance(args, dict):
         return None
@@ -363,7 +363,7 @@ def _json_values(text: str) -> list[Any] | None:
             return values
         try:
             value, i = decoder.raw_decode(text, i)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting is malformed too
             return None
         values.append(value)
 
