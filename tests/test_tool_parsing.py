@@ -565,3 +565,14 @@ def test_pathological_output_is_text_not_a_crash() -> None:
     assert T.parse("<tool_call>" + deep, "hermes") is None
     assert T.parse('{"name": "x", "arguments": "' + deep + '"}', "generic") is None
     assert T.parse("[TOOL_CALLS]" + deep, "mistral") is None
+
+
+def test_registry_tool_format_field() -> None:
+    from zoe_edge.errors import RegistryError
+    from zoe_edge.registry import parse_registry
+
+    entry = {"file": "m.gguf", "tool_format": "mistral"}
+    assert parse_registry({"default": "m", "models": {"m": entry}}).models["m"].tool_format == "mistral"
+    assert parse_registry({"default": "m", "models": {"m": {"file": "m.gguf"}}}).models["m"].tool_format == "auto"
+    with pytest.raises(RegistryError, match="tool_format"):
+        parse_registry({"default": "m", "models": {"m": {**entry, "tool_format": "xml"}}})

@@ -7,13 +7,14 @@ cannot hide a bad call.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, smollm_entry, start_daemon, write_registry
 from zoe_edge.worker.tools import MAX_CALLS
 
 DOMAINS = ["light", "switch", "fan", "climate"]
@@ -397,3 +398,25 @@ def test_response_format_uses_the_same_grammar_path_with_ranges(daemon: Daemon) 
     resp = httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=120).json()
     data = json.loads(resp["choices"][0]["message"]["content"])
     assert set(data) == {"room", "level"} and 1 <= data["level"] <= 5
+
+
+def test_registry_tool_format_override(tmp_path: Path, smollm_path: Path) -> None:
+    """``tool_format: hermes`` makes SmolLM2 call in <tool_call> tags; the answers are the same shape."""
+    registry = write_registry(
+        tmp_path, {"smollm2-135m": smollm_entry(smollm_path, tool_format="hermes")}, {"zoe-chat": "smollm2-135m"}
+    )
+    hermes = start_daemon(registry, tmp_path)
+    try:
+        for choice in ("required", {"type": "function", "function": {"name": "GetWeather"}}):
+            resp = chat(hermes, "What's the weather like in Paris?", tool_choice=choice, max_tokens=CALL_TOKENS)
+            assert_call_message(resp)
+        for prompt in ("Tell me a joke", "Turn on the kitchen light"):
+            resp = chat(hermes, prompt, max_tokens=40)
+            message = resp["choices"][0]["message"]
+            if message.get("tool_calls"):
+                assert_call_message(resp)
+            else:
+                assert "<tool_call>" not in message["content"]
+        assert "tool calls: hermes (tool_format: hermes in the registry, through the system block)" in hermes.log()
+    finally:
+        hermes.stop()
