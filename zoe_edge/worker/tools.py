@@ -45,6 +45,10 @@ _ARGS_KEY: dict[str, str] = {
 }
 
 
+# call markers that some vocabularies hold as control tokens
+MARKERS = frozenset({"<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>"})
+
+
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
