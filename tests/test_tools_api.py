@@ -155,6 +155,7 @@ def test_required_gives_a_valid_call_for_every_prompt(daemon: Daemon) -> None:
         calls = assert_call_message(chat(daemon, prompt, tool_choice="required", max_tokens=CALL_TOKENS))
         assert len(calls) == 1  # parallel calls are opt-in
         names.add(calls[0][0])
+    print(f"required: {len(PROMPTS)} valid calls, tools chosen: {sorted(names)}")
     assert len(names) >= 2  # the model does choose between tools, it is not stuck on one
 
 
@@ -183,6 +184,7 @@ def test_auto_gives_text_or_a_valid_call_never_a_mix(daemon: Daemon) -> None:
             assert not text.lstrip().startswith("{"), text  # a call the parser missed would start so
             assert "<tool_call>" not in text and parse(text, "generic") is None, text
             kinds["text"] += 1
+    print(f"auto: {kinds}")
     # both branches of the lazy grammar are exercised by these prompts (greedy, so this is stable)
     assert kinds["call"] >= 1 and kinds["text"] >= 1, kinds
 
