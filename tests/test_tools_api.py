@@ -100,6 +100,9 @@ PROMPTS = [
     "What time is it?",
     "Thanks, that's all",
 ]
+# 30 requests take ~15 s on two idle cores; a machine shared with other llama.cpp processes can
+# make that ten times longer, which is not what these tests are about
+SWEEP_TIMEOUT = 900
 CALL_TOKENS = 100  # a call here is 15-45 tokens; room to spare so no call is cut off
 
 
@@ -149,6 +152,7 @@ def assert_call_message(resp: dict[str, Any]) -> list[tuple[str, dict[str, Any]]
     return out
 
 
+@pytest.mark.timeout(SWEEP_TIMEOUT)
 def test_required_gives_a_valid_call_for_every_prompt(daemon: Daemon) -> None:
     names = set()
     for prompt in PROMPTS:
@@ -159,6 +163,7 @@ def test_required_gives_a_valid_call_for_every_prompt(daemon: Daemon) -> None:
     assert len(names) >= 2  # the model does choose between tools, it is not stuck on one
 
 
+@pytest.mark.timeout(SWEEP_TIMEOUT)
 def test_named_choice_gives_a_valid_call_to_that_tool(daemon: Daemon) -> None:
     for i, prompt in enumerate(PROMPTS):
         name = list(SCHEMAS)[i % len(SCHEMAS)]
@@ -167,6 +172,7 @@ def test_named_choice_gives_a_valid_call_to_that_tool(daemon: Daemon) -> None:
         assert [n for n, _ in calls] == [name]
 
 
+@pytest.mark.timeout(SWEEP_TIMEOUT)
 def test_auto_gives_text_or_a_valid_call_never_a_mix(daemon: Daemon) -> None:
     from zoe_edge.worker.tools import parse
 
