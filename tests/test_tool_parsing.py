@@ -557,3 +557,22 @@ def test_call_grammar_caps_free_strings_but_keeps_schema_limits() -> None:
     assert rules["call0-arguments-kind"] == '"\\"a\\"" | "\\"b\\""'
     # response_format is not capped: a document may be long
     assert "char*" in schema_grammar({"type": "object", "properties": {"t": {"type": "string"}}})
+
+
+def test_pathological_output_is_text_not_a_crash() -> None:
+    deep = "[" * 100_000
+    assert T.parse(deep, "generic") is None
+    assert T.parse("<tool_call>" + deep, "hermes") is None
+    assert T.parse('{"name": "x", "arguments": "' + deep + '"}', "generic") is None
+    assert T.parse("[TOOL_CALLS]" + deep, "mistral") is None
+
+
+def test_registry_tool_format_field() -> None:
+    from zoe_edge.errors import RegistryError
+    from zoe_edge.registry import parse_registry
+
+    entry = {"file": "m.gguf", "tool_format": "mistral"}
+    assert parse_registry({"default": "m", "models": {"m": entry}}).models["m"].tool_format == "mistral"
+    assert parse_registry({"default": "m", "models": {"m": {"file": "m.gguf"}}}).models["m"].tool_format == "auto"
+    with pytest.raises(RegistryError, match="tool_format"):
+        parse_registry({"default": "m", "models": {"m": {**entry, "tool_format": "xml"}}})

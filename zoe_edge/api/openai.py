@@ -64,7 +64,7 @@ class FunctionCallIn(_Lenient):
             return {}
         try:
             value = json.loads(self.arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = None
         if not isinstance(value, dict):
             raise InvalidRequest(f"{where}: arguments must be a JSON object encoded as a string", param=where)
@@ -95,7 +95,10 @@ class ChatMessageIn(_Lenient):
         ]
         if self.function_call is not None:
             calls.append(
-                ToolCallRef(name=self.function_call.name, arguments=self.function_call.parsed_arguments(where))
+                ToolCallRef(
+                    name=self.function_call.name,
+                    arguments=self.function_call.parsed_arguments(f"{where}.function_call"),
+                )
             )
         return Message(
             role=role,

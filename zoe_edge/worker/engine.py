@@ -307,7 +307,7 @@ class Engine:
             run = _Pass()
             triggers = tools.triggers(self.tool_setup.format)
             for piece in self._decode(
-                tokens, None, [*req.stop, *template_stops], max_tokens, s, cancelled, run, triggers
+                tokens, None, [*req.stop, *template_stops], max_tokens, s, cancelled, run, triggers, tools.MARKERS
             ):
                 yield TextDelta(piece)
             if not run.triggered:
@@ -317,12 +317,17 @@ class Engine:
             if run.text:
                 before = self.llm.tokenize(run.text.encode("utf-8"), add_bos=False, special=False)
                 call_tokens = tokens + before
+                # usage counts what the answer is made of: the text before the call, then the call
                 produced = len(before)
         budget = min(max_tokens - produced, n_ctx - len(call_tokens))
         call_run = _Pass()
         if budget >= 1:
             # the request's own stop strings are not applied: they could cut a call's JSON in half
-            raw = "".join(self._decode(call_tokens, call_grammar, template_stops, budget, s, cancelled, call_run))
+            raw = "".join(
+                self._decode(
+                    call_tokens, call_grammar, template_stops, budget, s, cancelled, call_run, None, tools.MARKERS
+                )
+            )
         else:
             raw = ""
         produced += call_run.produced
@@ -383,6 +388,7 @@ class Engine:
         cancelled: Callable[[], bool],
         run: _Pass,
         triggers: list[tools.Trigger] | None = None,
+        keep_special: frozenset[str] = frozenset(),
     ) -> Iterator[str]:
         """One decoding pass: yields text as it becomes final; ``run`` says how it ended."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -411,7 +417,14 @@ class Engine:
                 run.reason = "stop"
                 break
             run.produced += 1
-            pending += decoder.decode(detok([token], special=False))
+            piece = detok([token], special=False)
+            if not piece and keep_special:
+                # call markers can be control tokens ([TOOL_CALLS], <|python_tag|>), which plain
+                # detokenisation drops; keep those so triggers and parsers see them
+                marker = detok([token], special=True).decode("utf-8", errors="replace")
+                if marker in keep_special:
+                    piece = marker.encode("utf-8")
+            pending += decoder.decode(piece)
             hit = min((i for i in (pending.find(st) for st in stops) if i >= 0), default=-1) if stops else -1
             if hit >= 0:
                 pending = pending[:hit]

@@ -45,6 +45,10 @@ _ARGS_KEY: dict[str, str] = {
 }
 
 
+# call markers that some vocabularies hold as control tokens
+MARKERS = frozenset({"<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>"})
+
+
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
@@ -344,7 +348,7 @@ def _call_from(obj: Any) -> ParsedCall | None:
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting is malformed too
             return None
     if not isinstance(args, dict):
         return None
@@ -363,7 +367,7 @@ def _json_values(text: str) -> list[Any] | None:
             return values
         try:
             value, i = decoder.raw_decode(text, i)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting is malformed too
             return None
         values.append(value)
 
