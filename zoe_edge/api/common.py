@@ -5,15 +5,17 @@ from __future__ import annotations
 import collections
 import json
 import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoe_edge import validation
-from zoe_edge.canonical import GenerationRequest
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
-from zoe_edge.errors import InvalidRequest, PayloadTooLarge
+from zoe_edge.errors import InvalidRequest, PayloadTooLarge, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
 from zoe_edge.routing.routes import plan_request
@@ -72,9 +74,8 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
-def deadline_header(request: web.Request) -> float | None:
-    """``X-Zoe-Deadline: <seconds>``: the longest this client will wait for the local model."""
-    raw = request.headers.get("X-Zoe-Deadline")
+def parse_seconds(raw: str | None, name: str) -> float | None:
+    """A client-given number of seconds (a header or query value) in 0..86400, or ``None`` if absent."""
     if raw is None:
         return None
     try:
@@ -82,8 +83,38 @@ def deadline_header(request: web.Request) -> float | None:
     except ValueError:
         value = -1.0
     if not 0 <= value <= 86400:
-        raise InvalidRequest("X-Zoe-Deadline must be a number of seconds between 0 and 86400", param="X-Zoe-Deadline")
+        raise InvalidRequest(f"{name} must be a number of seconds between 0 and 86400", param=name)
     return value
+
+
+def deadline_header(request: web.Request) -> float | None:
+    """``X-Zoe-Deadline: <seconds>``: the longest this client will wait for the local model."""
+    return parse_seconds(request.headers.get("X-Zoe-Deadline"), "X-Zoe-Deadline")
+
+
+@dataclass
+class Collected:
+    text: str
+    calls: list[ToolCall]
+    finish: Finish
+
+
+async def collect(first: Event | None, events: AsyncGenerator[Event, None]) -> Collected:
+    """A whole answer for a non-streaming response; an error event becomes the exception it stands for."""
+    parts: list[str] = []
+    calls: list[ToolCall] = []
+    event = first
+    while event is not None:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, ToolCall):
+            calls.append(event)
+        elif isinstance(event, ErrorEvent):
+            raise event.as_exception()
+        elif isinstance(event, Finish):
+            return Collected("".join(parts), calls, event)
+        event = await anext(events, None)
+    raise ZoeError("the generation ended without a result")
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -19,7 +19,16 @@ from aiohttp import web
 from pydantic import Field, field_validator
 
 from zoe_edge import __version__
-from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR, Lenient, open_generation, parse_body, read_json
+from zoe_edge.api.common import (
+    REGISTRY,
+    SETTINGS,
+    SUPERVISOR,
+    Lenient,
+    collect,
+    open_generation,
+    parse_body,
+    read_json,
+)
 from zoe_edge.canonical import (
     ErrorEvent,
     Event,
@@ -459,33 +468,10 @@ async def _generate(request: web.Request, kind: Literal["chat", "generate"]) -> 
         if isinstance(first, ErrorEvent):
             raise first.as_exception()
         if not body.stream:
-            return await _collect(first, events, line, piece, final, headers)
-        return await _stream(request, first, events, line, piece, final, headers)
-
-
-async def _collect(
-    first: Event | None,
-    events: AsyncGenerator[Event, None],
-    line: Any,
-    piece: Any,
-    final: _Final,
-    headers: dict[str, str],
-) -> web.Response:
-    text: list[str] = []
-    calls: list[ToolCall] = []
-    event = first
-    while event is not None:
-        if isinstance(event, TextDelta):
-            text.append(event.text)
-        elif isinstance(event, ToolCall):
-            calls.append(event)
-        elif isinstance(event, ErrorEvent):
-            raise event.as_exception()
-        elif isinstance(event, Finish):
-            out = line({**piece("".join(text), calls), **final.fields(event)})
+            whole = await collect(first, events)
+            out = line({**piece(whole.text, whole.calls), **final.fields(whole.finish)})
             return web.json_response(out, headers=headers)
-        event = await anext(events, None)
-    raise ZoeError("the generation ended without a result")
+        return await _stream(request, first, events, line, piece, final, headers)
 
 
 async def _stream(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from zoe_edge.api.common import REGISTRY, SETTINGS, open_generation, parse_body, read_json
+from zoe_edge.api.common import REGISTRY, SETTINGS, collect, open_generation, parse_body, read_json
 from zoe_edge.canonical import (
     TOOL_NAME,
     ErrorEvent,
@@ -446,27 +446,9 @@ async def _serve(
         if isinstance(first, ErrorEvent):
             raise first.as_exception()
         if not body.stream:
-            return await _collect(shape, first, events, headers)
+            whole = await collect(first, events)
+            return web.json_response(shape.full(whole.text, whole.finish, whole.calls), headers=headers)
         return await _stream(request, shape, first, events, headers, body.include_usage)
-
-
-async def _collect(
-    shape: _Shape, first: Event | None, events: AsyncGenerator[Event, None], headers: dict[str, str]
-) -> web.Response:
-    parts: list[str] = []
-    calls: list[ToolCall] = []
-    event = first
-    while event is not None:
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-        elif isinstance(event, ToolCall):
-            calls.append(event)
-        elif isinstance(event, ErrorEvent):
-            raise event.as_exception()
-        elif isinstance(event, Finish):
-            return web.json_response(shape.full("".join(parts), event, calls), headers=headers)
-        event = await anext(events, None)
-    raise ZoeError("the generation ended without a result")
 
 
 async def _stream(

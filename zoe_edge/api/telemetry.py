@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import RECENT_REQUESTS, SAMPLER, SUPERVISOR
-from zoe_edge.errors import InvalidRequest, ModelNotFound
+from zoe_edge.api.common import RECENT_REQUESTS, SAMPLER, SUPERVISOR, parse_seconds
+from zoe_edge.errors import ModelNotFound
 from zoe_edge.telemetry.sampler import Sampler
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -71,16 +71,7 @@ def daemon_figures(app: web.Application) -> Callable[[], dict[str, Any]]:
 
 
 def _seconds(request: web.Request) -> float | None:
-    raw = request.query.get("seconds")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86400:
-        raise InvalidRequest("seconds must be a number between 0 and 86400", param="seconds")
-    return value
+    return parse_seconds(request.query.get("seconds"), "seconds")
 
 
 async def telemetry(request: web.Request) -> web.Response:
