@@ -17,19 +17,45 @@ from tests.conftest import REPO, Daemon, smollm_entry, start_daemon, write_regis
 
 # what Home Assistant's llm API sends for a house with lights and a thermostat (trimmed)
 HA_TOOLS: list[dict[str, Any]] = [
-    {"type": "function", "function": {
-        "name": "HassTurnOn", "description": "Turns on/opens a device or entity",
-        "parameters": {"type": "object", "properties": {
-            "name": {"type": "string"}, "area": {"type": "string"}}, "required": ["name"]}}},
-    {"type": "function", "function": {
-        "name": "HassTurnOff", "description": "Turns off/closes a device or entity",
-        "parameters": {"type": "object", "properties": {
-            "name": {"type": "string"}, "area": {"type": "string"}}, "required": ["name"]}}},
-    {"type": "function", "function": {
-        "name": "HassLightSet", "description": "Sets the brightness of a light",
-        "parameters": {"type": "object", "properties": {
-            "name": {"type": "string"}, "brightness": {"type": "integer", "minimum": 0, "maximum": 100}},
-            "required": ["name", "brightness"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "HassTurnOn",
+            "description": "Turns on/opens a device or entity",
+            "parameters": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "area": {"type": "string"}},
+                "required": ["name"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "HassTurnOff",
+            "description": "Turns off/closes a device or entity",
+            "parameters": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "area": {"type": "string"}},
+                "required": ["name"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "HassLightSet",
+            "description": "Sets the brightness of a light",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "brightness": {"type": "integer", "minimum": 0, "maximum": 100},
+                },
+                "required": ["name", "brightness"],
+            },
+        },
+    },
 ]
 SYSTEM = (
     "You are a voice assistant for Home Assistant. Answer questions about the world truthfully. "
@@ -41,17 +67,20 @@ SYSTEM = (
 @pytest.fixture(scope="module")
 def ha_daemon(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("ha")
-    registry = write_registry(tmp, {"smollm2-135m": smollm_entry(smollm_path, ttl="3s")},
-                              {"zoe-chat": "smollm2-135m"})
-    # the shipped routing: a device command is an action with one forced call, then an answer
+    d = start_daemon(ha_registry(tmp, smollm_path, ttl="3s"), tmp)
+    yield d
+    d.stop()
+
+
+def ha_registry(tmp: Path, smollm_path: Path, **entry: Any) -> Path:
+    """SmolLM2 behind the shipped ``auto`` rules: a device command is an action with one forced call."""
+    registry = write_registry(tmp, {"smollm2-135m": smollm_entry(smollm_path, **entry)}, {"zoe-chat": "smollm2-135m"})
     shipped = yaml.safe_load((REPO / "models.yaml").read_text())
     data = yaml.safe_load(registry.read_text())
     data["routes"] = {"zoe-action": {"targets": ["smollm2-135m"]}}
     data["auto"] = {**shipped["auto"], "rules": [r for r in shipped["auto"]["rules"] if r["route"] == "zoe-action"]}
     registry.write_text(yaml.safe_dump(data))
-    d = start_daemon(registry, tmp)
-    yield d
-    d.stop()
+    return registry
 
 
 def client(d: Daemon) -> ollama.AsyncClient:
@@ -84,8 +113,16 @@ async def test_ha_tool_loop(ha_daemon: Daemon) -> None:
     calls_seen: list[Any] = []
     final: Any = None
     for _iteration in range(10):
-        stream = await c.chat(model="auto:latest", messages=messages, tools=HA_TOOLS, stream=True,
-                              keep_alive=-1, options={"num_ctx": 8192}, think=None, format=None)
+        stream = await c.chat(
+            model="auto:latest",
+            messages=messages,
+            tools=HA_TOOLS,
+            stream=True,
+            keep_alive=-1,
+            options={"num_ctx": 8192},
+            think=None,
+            format=None,
+        )
         content, calls = "", []
         async for part in stream:
             if part.message.tool_calls:
@@ -93,16 +130,24 @@ async def test_ha_tool_loop(ha_daemon: Daemon) -> None:
             content += part.message.content or ""
             if part.done:
                 final = part
-        messages.append({"role": "assistant", "content": content,
-                         "tool_calls": [{"function": {"name": t.function.name, "arguments": t.function.arguments}}
-                                        for t in calls] or None})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": content,
+                "tool_calls": [
+                    {"function": {"name": t.function.name, "arguments": t.function.arguments}} for t in calls
+                ]
+                or None,
+            }
+        )
         if not calls:
             break
         calls_seen.extend(calls)
         for call in calls:
             # Home Assistant hands results back as role "tool" messages without ids
-            messages.append({"role": "tool", "content": json.dumps({"data": {"success": [call.function.name]},
-                                                                     "error": None})})
+            messages.append(
+                {"role": "tool", "content": json.dumps({"data": {"success": [call.function.name]}, "error": None})}
+            )
     assert len(calls_seen) == 1, calls_seen  # one call for one command, then the spoken answer
     first = calls_seen[0]
     assert first.function.name in {t["function"]["name"] for t in HA_TOOLS}
@@ -132,11 +177,16 @@ async def test_chat_streams_text_and_matches_non_stream(ha_daemon: Daemon) -> No
 
 async def test_generate_and_format_json(ha_daemon: Daemon) -> None:
     c = client(ha_daemon)
-    out = await c.generate(model="zoe-chat", prompt="The capital of France is", raw=True,
-                           options={"num_predict": 5, "temperature": 0})
+    out = await c.generate(
+        model="zoe-chat", prompt="The capital of France is", raw=True, options={"num_predict": 5, "temperature": 0}
+    )
     assert out.response and out.done and out.eval_count == 5 and out.done_reason == "length"
-    js = await c.generate(model="zoe-chat", prompt="Describe a cat as JSON with keys name and age.", format="json",
-                          options={"num_predict": 120, "temperature": 0})
+    js = await c.generate(
+        model="zoe-chat",
+        prompt="Describe a cat as JSON with keys name and age.",
+        format="json",
+        options={"num_predict": 120, "temperature": 0},
+    )
     assert isinstance(json.loads(js.response or ""), dict)
 
 

@@ -10,22 +10,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
-from tests.conftest import REPO, Daemon, smollm_entry, start_daemon, write_registry
-from tests.test_ollama_ha import HA_TOOLS, SYSTEM
+from tests.conftest import Daemon, start_daemon
+from tests.test_ollama_ha import HA_TOOLS, SYSTEM, ha_registry
 
 
 @pytest.fixture(scope="module")
 def ha(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("openai-ha")
-    registry = write_registry(tmp, {"smollm2-135m": smollm_entry(smollm_path)}, {"zoe-chat": "smollm2-135m"})
-    shipped = yaml.safe_load((REPO / "models.yaml").read_text())
-    data = yaml.safe_load(registry.read_text())
-    data["routes"] = {"zoe-action": {"targets": ["smollm2-135m"]}}
-    data["auto"] = {**shipped["auto"], "rules": [r for r in shipped["auto"]["rules"] if r["route"] == "zoe-action"]}
-    registry.write_text(yaml.safe_dump(data))
-    d = start_daemon(registry, tmp)
+    d = start_daemon(ha_registry(tmp, smollm_path), tmp)
     yield d
     d.stop()
 
