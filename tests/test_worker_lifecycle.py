@@ -178,3 +178,18 @@ def test_disconnect_during_prompt_processing_aborts_it(fresh_daemon: Daemon) -> 
     assert waited < max(0.5, full / 2), f"waited {waited:.2f} s; the uninterrupted prompt takes {full:.2f} s"
     assert fresh_daemon.worker_pid() == pid  # aborted, not killed
     assert "generation cancelled by the daemon after 0 tokens" in fresh_daemon.log()
+
+
+def test_worker_process_exits_cleanly_after_a_load(smollm_path: Path) -> None:
+    """llama.cpp is freed while its logging and abort callbacks still exist: no crash on the way out."""
+    import subprocess
+    import sys
+
+    script = (
+        "from zoe_edge.worker.engine import Engine, LlamaLog\n"
+        "from zoe_edge.worker.protocol import LoadSpec\n"
+        f"Engine(LoadSpec(name='m', path={str(smollm_path)!r}, n_ctx=256, n_batch=64, n_threads=1, n_gpu_layers=0),"
+        " LlamaLog())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert result.returncode == 0, (result.returncode, result.stderr[-500:])

@@ -8,6 +8,7 @@ step), and wall-clock timings per phase.
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import collections
 import logging
@@ -49,6 +50,7 @@ class LlamaLog:
 
         import llama_cpp
 
+        self._llama_cpp = llama_cpp
         self.lines: collections.deque[str] = collections.deque(maxlen=20)
         self._keep = False
 
@@ -63,6 +65,14 @@ class LlamaLog:
 
         self._callback = callback  # a ctypes callback must outlive its registration
         llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+    def detach(self) -> None:
+        """Hand logging back to llama-cpp-python's own callback (ours is about to go away)."""
+        import ctypes
+
+        from llama_cpp import _logger
+
+        self._llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
     def recent(self, n: int = 3) -> str:
         return " | ".join(list(self.lines)[-n:])
@@ -134,6 +144,10 @@ class Engine:
             return bool(check is not None and check())
 
         self._abort_callback = abort  # a ctypes callback must outlive its registration
+        self._llama_log = llama_log
+        # free llama.cpp while our ctypes callbacks still exist: at interpreter teardown they may
+        # be collected first, and llama.cpp logging through a freed callback crashes the process
+        atexit.register(self.close)
         self._formatter, self.template_source, template = self._make_formatter(spec.chat_format)
         self._vocab = self.llm._model.vocab
         try:
@@ -141,6 +155,17 @@ class Engine:
         except Exception as exc:  # a template jinja cannot even parse still serves plain chat
             self.tool_setup = tools.ToolSetup("generic", False, f"chat template not inspectable ({exc})")
         log.info("%s: tool calls: %s (%s)", spec.name, self.tool_setup.format, self.tool_setup.reason)
+
+    def close(self) -> None:
+        """Free the model and context now (idempotent); the worker calls this on its way out."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self._set_abort(None)
+        llm.close()
+        del self.llm
+        if self._llama_log is not None:
+            self._llama_log.detach()
 
     def info(self, pid: int) -> ModelInfo:
         model = self.llm._model
