@@ -128,7 +128,7 @@ def check_arguments(name: str, args: Any) -> None:
 
 def chat(daemon: Daemon, prompt: str, **extra: Any) -> dict[str, Any]:
     body = {"model": "zoe-chat", "messages": [{"role": "user", "content": prompt}], "tools": TOOLS, **extra}
-    r = httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=120)
+    r = httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=300)
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -198,7 +198,7 @@ def test_auto_gives_text_or_a_valid_call_never_a_mix(daemon: Daemon) -> None:
 def stream_calls(daemon: Daemon, body: dict[str, Any]) -> tuple[str, list[tuple[str, dict[str, Any]]], str | None]:
     """Text, calls and finish reason of a streamed answer, checking the SSE shape of tool-call deltas."""
     chunks = []
-    with httpx.stream("POST", daemon.v1 + "/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+    with httpx.stream("POST", daemon.v1 + "/chat/completions", json={**body, "stream": True}, timeout=300) as r:
         assert r.status_code == 200
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
@@ -229,7 +229,7 @@ def same_cache_state(daemon: Daemon) -> None:
     request before each makes both evaluate the same prompt from the same point.
     """
     body = {"model": "zoe-chat", "messages": [{"role": "system", "content": "-"}], "max_tokens": 1}
-    assert httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=120).status_code == 200
+    assert httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=300).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -266,7 +266,7 @@ def test_stream_and_non_stream_give_the_same_calls(daemon: Daemon, extra: dict[s
 
 
 def test_multi_turn_through_the_openai_sdk(daemon: Daemon) -> None:
-    client = openai.OpenAI(base_url=daemon.v1, api_key="unused", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=daemon.v1, api_key="unused", max_retries=0, timeout=300)
     messages: list[Any] = [{"role": "user", "content": "What's the weather like in Paris?"}]
     first = client.chat.completions.create(
         model="zoe-chat",
@@ -320,7 +320,7 @@ def test_legacy_functions_give_function_call(daemon: Daemon) -> None:
         "function_call": {"name": "HassLightSet"},
         "max_tokens": CALL_TOKENS,
     }
-    resp = httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=120).json()
+    resp = httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=300).json()
     choice = resp["choices"][0]
     assert choice["finish_reason"] == "function_call"
     assert "tool_calls" not in choice["message"] and choice["message"]["content"] is None
@@ -367,7 +367,7 @@ def test_what_cannot_be_enforced_is_a_400_naming_it(daemon: Daemon, extra: dict[
     body = {"model": "zoe-chat", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS, "max_tokens": 5}
     if "response_format" in extra and "tool_choice" not in extra:
         del body["tools"]
-    r = httpx.post(daemon.v1 + "/chat/completions", json={**body, **extra}, timeout=120)
+    r = httpx.post(daemon.v1 + "/chat/completions", json={**body, **extra}, timeout=300)
     assert r.status_code == 400, r.text
     assert named in r.json()["error"]["message"]
 
@@ -384,7 +384,7 @@ def test_bad_history_arguments_are_a_400(daemon: Daemon) -> None:
         {"role": "tool", "tool_call_id": "c1", "content": "ok"},
     ]
     r = httpx.post(
-        daemon.v1 + "/chat/completions", json={"model": "zoe-chat", "messages": messages, "tools": TOOLS}, timeout=120
+        daemon.v1 + "/chat/completions", json={"model": "zoe-chat", "messages": messages, "tools": TOOLS}, timeout=300
     )
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages[1].tool_calls[0]"
@@ -403,7 +403,7 @@ def test_response_format_uses_the_same_grammar_path_with_ranges(daemon: Daemon) 
         "response_format": {"type": "json_schema", "json_schema": {"name": "rating", "schema": schema}},
         "max_tokens": 60,
     }
-    resp = httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=120).json()
+    resp = httpx.post(daemon.v1 + "/chat/completions", json=body, timeout=300).json()
     data = json.loads(resp["choices"][0]["message"]["content"])
     assert set(data) == {"room", "level"} and 1 <= data["level"] <= 5
 
