@@ -7,12 +7,11 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
-import psutil
 from aiohttp import web
 
 from zoe_edge import __version__
 from zoe_edge.api import admin, ollama, openai, telemetry
-from zoe_edge.api.common import DISPATCHER, REGISTRY, SETTINGS, SUPERVISOR
+from zoe_edge.api.common import DISPATCHER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.config import Settings
 from zoe_edge.providers import make_provider
@@ -101,8 +100,8 @@ async def serve(settings: Settings, registry: Registry) -> None:
     supervisor = app[SUPERVISOR]
     # systemd hears READY=1 once we listen and the preload has finished, loaded or failed clearly
     await asyncio.wait({app[PRELOAD]}, timeout=settings.load_timeout_s)
-    notifier.ready(status_line(supervisor))
-    keepalive = asyncio.create_task(_keep_systemd_informed(notifier, supervisor))
+    notifier.ready(status_line(supervisor, app[SAMPLER]))
+    keepalive = asyncio.create_task(_keep_systemd_informed(notifier, supervisor, app[SAMPLER]))
     try:
         await stop.wait()
     finally:
@@ -113,27 +112,18 @@ async def serve(settings: Settings, registry: Registry) -> None:
         await runner.cleanup()
 
 
-def status_line(supervisor: Supervisor) -> str:
-    """What ``systemctl status`` shows: the model, its state, the last speed and the hottest sensor."""
+def status_line(supervisor: Supervisor, sampler: Sampler) -> str:
+    """What ``systemctl status`` shows: the model, its state, the last speed and the watched sensor."""
     parts = [f"model {supervisor.loaded or 'none'} ({supervisor.state.value})"]
     if supervisor.last_tokens_per_s is not None:
         parts.append(f"{supervisor.last_tokens_per_s:.1f} tok/s")
-    temps = hottest_temperature()
-    if temps is not None:
-        parts.append(f"{temps:.0f}°C")
+    temperature = sampler.temperature()
+    if temperature is not None:
+        parts.append(f"{temperature:.0f} C")
     return ", ".join(parts)
 
 
-def hottest_temperature() -> float | None:
-    try:
-        sensors = psutil.sensors_temperatures()
-    except (AttributeError, OSError):
-        return None
-    readings = [t.current for entries in sensors.values() for t in entries if t.current > -100]
-    return max(readings) if readings else None
-
-
-async def _keep_systemd_informed(notifier: Notifier, supervisor: Supervisor) -> None:
+async def _keep_systemd_informed(notifier: Notifier, supervisor: Supervisor, sampler: Sampler) -> None:
     """WATCHDOG=1 at half the watchdog interval, from the loop itself: a wedged loop stops the pings."""
     if not notifier.enabled:
         return
@@ -142,7 +132,7 @@ async def _keep_systemd_informed(notifier: Notifier, supervisor: Supervisor) -> 
     while True:
         if notifier.watchdog_interval is not None:
             notifier.watchdog()
-        line = status_line(supervisor)
+        line = status_line(supervisor, sampler)
         if line != last_status:
             notifier.status(line)
             last_status = line

@@ -177,6 +177,7 @@ class Engine:
             size_bytes=model.size(),
             n_gpu_layers=self.spec.n_gpu_layers,
             chat_template_source=self.template_source,
+            tool_format=f"{self.tool_setup.format} ({self.tool_setup.reason})",
             load_ms=round(self.load_ms, 3),
             pid=pid,
         )

@@ -50,6 +50,7 @@ class ModelInfo(BaseModel):
     size_bytes: int
     n_gpu_layers: int
     chat_template_source: str
+    tool_format: str = "generic"
     load_ms: float
     pid: int
 
