@@ -221,3 +221,12 @@ async def test_pull_show_version_and_errors(ha_daemon: Daemon) -> None:
         assert (await h.head(ha_daemon.url + "/api/version")).status_code == 200
         r = await h.post(ha_daemon.url + "/api/chat", content=b"{not json")
         assert r.status_code == 400 and set(r.json()) == {"error"}
+
+
+async def test_embeddings_are_a_clear_501_in_both_dialects(ha_daemon: Daemon) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        await client(ha_daemon).embed(model="zoe-chat", input="hello")
+    assert err.value.status_code == 501 and "embeddings are not offered" in err.value.error
+    async with httpx.AsyncClient() as h:
+        r = await h.post(ha_daemon.v1 + "/embeddings", json={"model": "zoe-chat", "input": "hello"})
+    assert r.status_code == 501 and r.json()["error"]["code"] == "not_implemented"

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from zoe_edge import validation
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
-from zoe_edge.errors import InvalidRequest, PayloadTooLarge, ZoeError
+from zoe_edge.errors import InvalidRequest, NotImplementedHere, PayloadTooLarge, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
 from zoe_edge.routing.routes import plan_request
@@ -72,6 +72,14 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidRequest("request body is not valid UTF-8", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+async def no_embeddings(request: web.Request) -> web.Response:
+    """Embeddings need a model loaded in embedding mode, which the single slot does not keep."""
+    raise NotImplementedHere(
+        "embeddings are not offered: the registry's models are loaded for generation only, and the single "
+        "model slot does not keep a second, embedding-mode context"
+    )
 
 
 def parse_seconds(raw: str | None, name: str) -> float | None:

@@ -25,6 +25,7 @@ from zoe_edge.api.common import (
     SUPERVISOR,
     Lenient,
     collect,
+    no_embeddings,
     open_generation,
     parse_body,
     read_json,
@@ -529,3 +530,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/pull", pull)
     app.router.add_post("/api/chat", chat)
     app.router.add_post("/api/generate", generate)
+    app.router.add_post("/api/embed", no_embeddings)
+    app.router.add_post("/api/embeddings", no_embeddings)

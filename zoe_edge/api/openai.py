@@ -16,7 +16,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from zoe_edge.api.common import REGISTRY, SETTINGS, collect, open_generation, parse_body, read_json
+from zoe_edge.api.common import REGISTRY, SETTINGS, collect, no_embeddings, open_generation, parse_body, read_json
 from zoe_edge.canonical import (
     TOOL_NAME,
     ErrorEvent,
@@ -531,3 +531,4 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_post(f"{prefix}/embeddings", no_embeddings)
