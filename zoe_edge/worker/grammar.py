@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
@@ -205,16 +206,28 @@ def _naturals(lo: int, hi: int | None) -> str:
     return " | ".join(parts)
 
 
-def integer_range_rule(lo: int | None, hi: int | None) -> str:
-    """GBNF alternatives for the JSON integers in ``[lo, hi]`` (either bound may be open)."""
+def _signed_range(
+    lo: int | None, hi: int | None, what: str, magnitude: Callable[[int, int | None], str], smallest_negative: int
+) -> str:
+    """``[lo, hi]`` split at zero: non-negative magnitudes, and "-" before the negative ones.
+
+    ``smallest_negative`` is the least magnitude after a minus sign: 1 for integers (no "-0"),
+    0 for decimals (``-0.5`` is a number).
+    """
     if lo is not None and hi is not None and lo > hi:
-        raise UnsupportedSchema([f"no integer lies between {lo} and {hi}"])
+        raise UnsupportedSchema([f"no {what} lies between {lo} and {hi}"])
     alts = []
     if hi is None or hi >= 0:
-        alts.append(_naturals(max(lo, 0) if lo is not None else 0, hi))
+        alts.append(magnitude(max(lo, 0) if lo is not None else 0, hi))
     if lo is None or lo < 0:
-        alts.append(f'"-" ({_naturals(1 if hi is None or hi >= 0 else -hi, None if lo is None else -lo)})')
+        start = smallest_negative if hi is None or hi >= 0 else -hi
+        alts.append(f'"-" ({magnitude(start, None if lo is None else -lo)})')
     return " | ".join(f"({a})" for a in alts)
+
+
+def integer_range_rule(lo: int | None, hi: int | None) -> str:
+    """GBNF alternatives for the JSON integers in ``[lo, hi]`` (either bound may be open)."""
+    return _signed_range(lo, hi, "integer", _naturals, 1)
 
 
 def _magnitudes(lo: int, hi: int | None) -> str:
@@ -230,14 +243,7 @@ def _magnitudes(lo: int, hi: int | None) -> str:
 
 def number_range_rule(lo: int | None, hi: int | None) -> str:
     """GBNF alternatives for JSON numbers in ``[lo, hi]`` with whole-number bounds."""
-    if lo is not None and hi is not None and lo > hi:
-        raise UnsupportedSchema([f"no number lies between {lo} and {hi}"])
-    alts = []
-    if hi is None or hi >= 0:
-        alts.append(_magnitudes(max(lo, 0) if lo is not None else 0, hi))
-    if lo is None or lo < 0:
-        alts.append(f'"-" ({_magnitudes(0 if hi is None or hi >= 0 else -hi, None if lo is None else -lo)})')
-    return " | ".join(f"({a})" for a in alts)
+    return _signed_range(lo, hi, "number", _magnitudes, 0)
 
 
 def integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
