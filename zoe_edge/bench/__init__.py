@@ -1,0 +1,1 @@
+"""Workloads and scoring shared by ``zoe-edge bench`` and the benchmarks under ``bench/``."""
