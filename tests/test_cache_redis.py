@@ -101,11 +101,15 @@ def test_ttl_expiry_in_redis(appliance: Daemon, redis_server: RedisServer) -> No
 def test_stream_replay_from_redis(appliance: Daemon) -> None:
     client = openai.OpenAI(base_url=appliance.v1, api_key="unused", max_retries=0, timeout=120)
     messages: Any = [{"role": "user", "content": "Name a fish."}]
-    raw = client.chat.completions.with_raw_response.create(model="zoe-chat", messages=messages, max_tokens=5, stream=True)
+    raw = client.chat.completions.with_raw_response.create(
+        model="zoe-chat", messages=messages, max_tokens=5, stream=True
+    )
     assert raw.headers["x-zoe-cache"] == "miss"
     streamed = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     time.sleep(0.3)
-    raw = client.chat.completions.with_raw_response.create(model="zoe-chat", messages=messages, max_tokens=5, stream=True)
+    raw = client.chat.completions.with_raw_response.create(
+        model="zoe-chat", messages=messages, max_tokens=5, stream=True
+    )
     assert raw.headers["x-zoe-cache"] == "hit"
     chunks = [c for c in raw.parse() if c.choices]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == streamed and len(chunks) > 2
