@@ -91,6 +91,7 @@ class MemoryCache:
     def status(self) -> dict[str, Any]:
         return {
             "healthy": True,
+            "last_error": None,  # the same shape as Redis' block; memory cannot fail
             "entries": len(self._items),
             "bytes": self._bytes,
             "max_entries": self.max_entries,
