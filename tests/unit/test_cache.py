@@ -230,20 +230,35 @@ class Clock:
 
 
 def test_memory_bounds_hold_under_10000_distinct_requests() -> None:
-    """Entries and bytes never exceed the limits, checked after every single store."""
-    cache = MemoryCache(max_entries=200, max_bytes=64 * 1024, max_item_bytes=4096)
+    """10,000 distinct requests through the service's own lookup/record path; the bounds are checked
+    after every store. Small answers first (the entry bound binds), then large ones (the byte bound)."""
+    reg = registry(cache={"max_entries": 200, "max_bytes": 64 * 1024, "max_item_bytes": 4096})
+    service = ResponseCache.from_registry(reg)
+    cache = service.backend
+    assert isinstance(cache, MemoryCache)
     rng = random.Random(9)
     peak_entries = peak_bytes = 0
-    for i in range(10_000):
-        req = chat(f"request {i} " + "x" * rng.randrange(0, 3000))
-        effective, views = target_views(REG, plan_request(REG, "chat", req), req)
-        payload = encode("local:small", [TextDelta("y" * rng.randrange(1, 5000)), Finish("stop", Usage(3, 1))])
-        cache.put_now(cache_key(effective, views), payload, ttl=600)
-        assert len(cache) <= 200 and cache.bytes <= 64 * 1024
-        peak_entries, peak_bytes = max(peak_entries, len(cache)), max(peak_bytes, cache.bytes)
-    # the bounds were reached (so they were what limited growth), and oversized answers were refused
-    assert peak_bytes > 60 * 1024 and cache.evictions > 5000 and cache.too_large > 0
+
+    async def answer() -> Any:
+        yield Finish("stop", Usage(3, 1))
+
+    async def run() -> None:
+        nonlocal peak_entries, peak_bytes
+        for i in range(10_000):
+            req = chat(f"request {i} " + "x" * rng.randrange(0, 300))
+            looked = await service.lookup(plan_request(reg, "chat", req), req, None, None)
+            assert looked.status == "miss" and looked.store
+            size = rng.randrange(1, 40) if i < 5000 else rng.randrange(1, 5000)
+            async for _ in service.record(looked, "local:small", TextDelta("y" * size), answer()):
+                pass
+            assert len(cache) <= 200 and cache.bytes <= 64 * 1024
+            peak_entries, peak_bytes = max(peak_entries, len(cache)), max(peak_bytes, cache.bytes)
+
+    asyncio.run(run())
+    # both bounds were reached (so they were what limited growth), and oversized answers were refused
+    assert peak_entries == 200 and peak_bytes > 60 * 1024 and cache.too_large > 0
     assert cache.evictions + cache.too_large + len(cache) == 10_000  # every request accounted for
+    assert service.counts["stored"] + service.counts["too_large"] == 10_000
     # the byte count is exact: it equals what the entries hold
     assert cache.bytes == sum(len(k) + len(v) for k, (v, _) in cache._items.items())
 
