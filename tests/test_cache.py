@@ -193,3 +193,48 @@ def test_hit_is_served_with_the_model_unloaded(cached: Daemon) -> None:
     cache = status["cache"]
     assert cache["backend"] == "memory" and cache["healthy"] and 0 < cache["entries"] <= 50
     assert cache["requests"]["hit"] >= 1 and cache["requests"]["miss"] >= 1
+
+
+def test_tool_call_answer_replays_with_the_same_call(cached: Daemon) -> None:
+    client = oai(cached)
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "HassTurnOn",
+                "description": "Turns on a device",
+                "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+            },
+        }
+    ]
+    messages: Any = [{"role": "user", "content": "Turn on the kitchen light."}]
+    kwargs: Any = {
+        "model": "zoe-chat",
+        "messages": messages,
+        "tools": tools,
+        "tool_choice": "required",
+        "max_tokens": 40,
+    }
+    raw = client.chat.completions.with_raw_response.create(**kwargs)
+    assert raw.headers["x-zoe-cache"] == "miss"
+    miss = raw.parse()
+    before = worker_requests(cached)
+    raw = client.chat.completions.with_raw_response.create(**kwargs)
+    assert raw.headers["x-zoe-cache"] == "hit"
+    hit = raw.parse()
+    calls_miss, calls_hit = miss.choices[0].message.tool_calls, hit.choices[0].message.tool_calls
+    assert calls_miss and calls_hit and hit.choices[0].finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls_hit] == [  # type: ignore[union-attr]
+        (c.function.name, json.loads(c.function.arguments))  # type: ignore[union-attr]
+        for c in calls_miss
+    ]
+    assert worker_requests(cached) == before
+
+
+def test_legacy_completions_endpoint_is_cached_too(cached: Daemon) -> None:
+    client = oai(cached)
+    raw = client.completions.with_raw_response.create(model="zoe-chat", prompt="The sky is", max_tokens=5)
+    assert raw.headers["x-zoe-cache"] == "miss"
+    miss = raw.parse()
+    raw = client.completions.with_raw_response.create(model="zoe-chat", prompt="The sky is", max_tokens=5)
+    assert raw.headers["x-zoe-cache"] == "hit" and raw.parse().choices[0].text == miss.choices[0].text
