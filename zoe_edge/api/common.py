@@ -14,13 +14,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoe_edge import validation
 from zoe_edge.cache.config import CacheControls
-from zoe_edge.cache.service import CACHE_PROVIDER, ResponseCache, replay
+from zoe_edge.cache.service import ResponseCache
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
 from zoe_edge.errors import InvalidRequest, NotImplementedHere, PayloadTooLarge, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
-from zoe_edge.routing.routes import Target, parse_target, plan_request
+from zoe_edge.routing.routes import plan_request
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.telemetry.sampler import Sampler
 
@@ -52,17 +52,10 @@ async def open_generation(
     plan = plan_request(app[REGISTRY], name, req)
     looked = await app[CACHE].lookup(plan, req, cache, request.headers.get("Cache-Control"))
     request["zoe_cache"] = looked.status
-    if looked.events is not None:
-        # a hit never reaches the supervisor or an upstream: the stored events replay through the front
-        served = Target(parse_target(looked.served_by or "").model, provider=CACHE_PROVIDER)
-        dispatched = Dispatched(plan, served, looked.events[0], replay(looked.events[1:]), cache="hit")
-    else:
-        dispatched = await app[DISPATCHER].dispatch(plan, req, deadline_header(request))
-        dispatched.cache = looked.status
-        if looked.store:
-            dispatched.events = app[CACHE].record(
-                looked, dispatched.served_by.label, dispatched.first, dispatched.events
-            )
+    # a hit replays the stored answer and never calls dispatch: no supervisor, no upstream
+    dispatched = await app[CACHE].open(
+        looked, plan, lambda: app[DISPATCHER].dispatch(plan, req, deadline_header(request))
+    )
     request["zoe_model"] = dispatched.served_by.label
     request["zoe_route"] = dispatched.headers()
     log.info("route %s -> %s (cache %s: %s)", plan.reason, dispatched.served_by.label, looked.status, looked.reason)

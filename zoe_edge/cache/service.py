@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,8 @@ from zoe_edge.canonical import (
     event_to_wire,
 )
 from zoe_edge.registry import Registry
-from zoe_edge.routing.routes import RoutePlan
+from zoe_edge.routing.dispatch import Dispatched
+from zoe_edge.routing.routes import RoutePlan, Target, parse_target
 
 log = logging.getLogger("zoe_edge.cache")
 
@@ -155,6 +156,17 @@ class ResponseCache:
                 return Lookup("hit", decision.reason, key, False, ttl, events, served_by)
         self.counts["miss"] += 1
         return Lookup("miss", decision.reason, key, decision.store, ttl)
+
+    async def open(self, looked: Lookup, plan: RoutePlan, dispatch: Callable[[], Awaitable[Dispatched]]) -> Dispatched:
+        """A hit as a :class:`Dispatched` replaying the stored events; else ``dispatch()``'s, recorded if storable."""
+        if looked.events is not None:
+            served = Target(parse_target(looked.served_by or "").model, provider=CACHE_PROVIDER)
+            return Dispatched(plan, served, looked.events[0], replay(looked.events[1:]), cache="hit")
+        dispatched = await dispatch()
+        dispatched.cache = looked.status
+        if looked.store:
+            dispatched.events = self.record(looked, dispatched.served_by.label, dispatched.first, dispatched.events)
+        return dispatched
 
     def record(
         self, lookup: Lookup, served_by: str, first: Event | None, events: AsyncGenerator[Event, None]
