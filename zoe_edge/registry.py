@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zoe_edge import validation
+from zoe_edge.cache.config import CacheSettings, RouteCacheMode
 from zoe_edge.canonical import Sampling
 from zoe_edge.errors import RegistryError
 from zoe_edge.providers.config import ProviderConfig
@@ -188,6 +189,8 @@ class Route(BaseModel):
     deadline: float | None = Field(default=None, description="longest expected local wait before falling back")
     params: RouteParams = Field(default_factory=RouteParams)
     description: str = ""
+    # true: cache every answer; false: never; deterministic: only temperature 0 or seeded requests
+    cache: RouteCacheMode = "deterministic"
 
     @field_validator("deadline", mode="before")
     @classmethod
@@ -240,6 +243,13 @@ class Registry(BaseModel):
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     thermal: ThermalSettings = Field(default_factory=ThermalSettings)
+    # absent: no response cache; a ``cache:`` section turns it on (in-memory unless it says redis)
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings(backend="off"))
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _empty_cache_section(cls, value: Any) -> Any:
+        return {} if value is None else value  # a bare ``cache:`` line: on, with the defaults
 
     @model_validator(mode="after")
     def _names(self) -> Registry:

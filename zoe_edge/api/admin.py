@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import REGISTRY, SUPERVISOR
+from zoe_edge.api.common import CACHE, REGISTRY, SUPERVISOR
 from zoe_edge.errors import ModelNotFound
 from zoe_edge.registry import Registry
 
@@ -26,6 +26,7 @@ async def status(request: web.Request) -> web.Response:
         "default": registry.default_model,
         "models": {name: {"aliases": registry.aliases_of(name)} for name in registry.models},
     }
+    body["cache"] = request.app[CACHE].status()
     return web.json_response(body)
 
 

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from zoe_edge import __version__
 from zoe_edge.api import admin, ollama, openai, telemetry
-from zoe_edge.api.common import DISPATCHER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
+from zoe_edge.api.common import CACHE, DISPATCHER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import api_key_auth, request_context
+from zoe_edge.cache.service import ResponseCache
 from zoe_edge.config import Settings
 from zoe_edge.providers import make_provider
 from zoe_edge.registry import Registry
@@ -49,6 +50,7 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     app[SUPERVISOR] = Supervisor(registry, settings.registry_path.resolve().parent, settings)
     upstreams = {name: make_provider(name, config) for name, config in registry.providers.items()}
     app[DISPATCHER] = Dispatcher(registry, app[SUPERVISOR], upstreams)
+    app[CACHE] = ResponseCache.from_registry(registry)
     for name, upstream in upstreams.items():
         if (why := upstream.disabled_reason()) is not None:
             log.info("provider %s is disabled: %s", name, why)
@@ -78,6 +80,7 @@ async def _supervisor_lifetime(app: web.Application) -> AsyncIterator[None]:
     preload.cancel()
     await asyncio.gather(preload, return_exceptions=True)
     await supervisor.close()
+    await app[CACHE].close()
     for upstream in app[DISPATCHER].upstreams.values():
         await upstream.close()
 

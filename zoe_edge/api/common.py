@@ -13,6 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoe_edge import validation
+from zoe_edge.cache.config import CacheControls
+from zoe_edge.cache.service import ResponseCache
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
 from zoe_edge.errors import InvalidRequest, NotImplementedHere, PayloadTooLarge, ZoeError
@@ -27,6 +29,7 @@ REGISTRY = web.AppKey("registry", Registry)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 SAMPLER = web.AppKey("sampler", Sampler)
+CACHE = web.AppKey("cache", ResponseCache)
 # the last generation requests (served by, route, fallback reason), for the dashboard
 RECENT_REQUESTS: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("recent_requests")
 
@@ -36,18 +39,26 @@ class Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-async def open_generation(request: web.Request, name: str, req: GenerationRequest) -> Dispatched:
-    """Route ``name`` and start the generation; every front goes through here.
+async def open_generation(
+    request: web.Request, name: str, req: GenerationRequest, cache: CacheControls | None = None
+) -> Dispatched:
+    """Route ``name`` and start the generation (or replay a cached answer); every front goes through here.
 
     Raises before anything is sent when no target can serve; the returned stream's first event
-    has already been read, so a front can still choose its status code and headers.
+    has already been read, so a front can still choose its status code and headers. ``cache`` is
+    the body's cache controls; the ``Cache-Control`` header is read here.
     """
     app = request.app
     plan = plan_request(app[REGISTRY], name, req)
-    dispatched = await app[DISPATCHER].dispatch(plan, req, deadline_header(request))
+    looked = await app[CACHE].lookup(plan, req, cache, request.headers.get("Cache-Control"))
+    request["zoe_cache"] = looked.status
+    # a hit replays the stored answer and never calls dispatch: no supervisor, no upstream
+    dispatched = await app[CACHE].open(
+        looked, plan, lambda: app[DISPATCHER].dispatch(plan, req, deadline_header(request))
+    )
     request["zoe_model"] = dispatched.served_by.label
     request["zoe_route"] = dispatched.headers()
-    log.info("route %s -> %s", plan.reason, dispatched.served_by.label)
+    log.info("route %s -> %s (cache %s: %s)", plan.reason, dispatched.served_by.label, looked.status, looked.reason)
     return dispatched
 
 

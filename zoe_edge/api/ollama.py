@@ -30,6 +30,7 @@ from zoe_edge.api.common import (
     parse_body,
     read_json,
 )
+from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     ErrorEvent,
     Event,
@@ -154,6 +155,7 @@ class _Common(Lenient):
     format: Literal["", "json"] | dict[str, Any] | None = None
     keep_alive: int | float | str | None = None
     think: bool | str | None = None  # accepted; the local models do not think out loud
+    cache: CacheControls | None = None  # response cache controls, as in the OpenAI dialect
 
     def constraint(self) -> OutputConstraint | None:
         if self.format == "json":
@@ -446,7 +448,7 @@ async def _generate(request: web.Request, kind: Literal["chat", "generate"]) -> 
         return await _lifecycle_only(request, body, name, kind)
     canonical = body.to_canonical().model_copy(update={"model": name})
     given, seconds = body.keep_alive_seconds()
-    dispatched = await open_generation(request, name, canonical)
+    dispatched = await open_generation(request, name, canonical, body.cache)
     if given and dispatched.served_by.local:
         request.app[SUPERVISOR].set_keep_alive(dispatched.served_by.model, seconds)
     final = _Final(started)

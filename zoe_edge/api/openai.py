@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zoe_edge.api.common import REGISTRY, SETTINGS, collect, no_embeddings, open_generation, parse_body, read_json
+from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     TOOL_NAME,
     ErrorEvent,
@@ -186,6 +187,8 @@ class _CommonParams(_Lenient):
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0)
+    # LiteLLM-style response cache controls: {"no-cache": true, "no-store": true, "ttl": 60}
+    cache: CacheControls | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -438,7 +441,7 @@ async def _serve(
     parse: Callable[[Any], ChatCompletionRequest | CompletionRequest],
 ) -> web.StreamResponse:
     body = parse(await read_json(request))
-    dispatched = await open_generation(request, body.model, body.to_canonical())
+    dispatched = await open_generation(request, body.model, body.to_canonical(), body.cache)
     shape = _Shape(kind, dispatched.served_by.model, isinstance(body, ChatCompletionRequest) and body.legacy_functions)
     headers = {**dispatched.headers(), "X-Request-Id": request["request_id"]}
     async with contextlib.aclosing(dispatched.events) as events:

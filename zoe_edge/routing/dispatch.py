@@ -41,11 +41,14 @@ class Dispatched:
     first: Event | None
     events: AsyncGenerator[Event, None]
     skipped: list[str] = field(default_factory=list)  # "target: why", one per target passed over
+    cache: str | None = None  # hit | miss | bypass, from the response cache
 
     def headers(self) -> dict[str, str]:
         out = {"x-zoe-route": self.plan.reason, "x-zoe-served-by": self.served_by.label}
         if self.skipped:
             out["x-zoe-fallback-reason"] = "; ".join(self.skipped)
+        if self.cache is not None:
+            out["x-zoe-cache"] = self.cache
         return out
 
 
