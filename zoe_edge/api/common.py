@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -13,14 +14,18 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoe_edge import validation
+from zoe_edge.access.budget import seconds_to_midnight
+from zoe_edge.access.keys import ClientKey, KeyTable
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
-from zoe_edge.errors import InvalidRequest, NotImplementedHere, PayloadTooLarge, ZoeError
+from zoe_edge.errors import Forbidden, InvalidRequest, NotImplementedHere, PayloadTooLarge, TooManyRequests, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
 from zoe_edge.routing.routes import plan_request
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.telemetry.sampler import Sampler
+from zoe_edge.usage.observer import Observer
+from zoe_edge.usage.record import UsageRecord
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)
@@ -29,6 +34,8 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 SAMPLER = web.AppKey("sampler", Sampler)
 # the last generation requests (served by, route, fallback reason), for the dashboard
 RECENT_REQUESTS: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("recent_requests")
+KEYS = web.AppKey("keys", KeyTable)
+OBSERVER = web.AppKey("observer", Observer)
 
 
 class Lenient(BaseModel):
@@ -43,12 +50,44 @@ async def open_generation(request: web.Request, name: str, req: GenerationReques
     has already been read, so a front can still choose its status code and headers.
     """
     app = request.app
+    rec: UsageRecord | None = request.get("zoe_usage")
+    if rec is not None:
+        rec.requested = name
+    key: ClientKey | None = request.get("zoe_key")
+    local_only = check_key(app[OBSERVER], key, name) if key is not None else None
     plan = plan_request(app[REGISTRY], name, req)
-    dispatched = await app[DISPATCHER].dispatch(plan, req, deadline_header(request))
+    if rec is not None:
+        rec.route = plan.route
+    dispatched = await app[DISPATCHER].dispatch(
+        plan, req, deadline_header(request), local_only, retry_after=seconds_to_midnight(time.time())
+    )
     request["zoe_model"] = dispatched.served_by.label
     request["zoe_route"] = dispatched.headers()
     log.info("route %s -> %s", plan.reason, dispatched.served_by.label)
+    if rec is not None:
+        rec.target = dispatched.served_by.label
+        rec.locality = "local" if dispatched.served_by.local else "cloud"
+        rec.skipped = dispatched.skipped
+        rec.fallback_reason = "; ".join(dispatched.skipped) or None
+        rec.ttft_ms = round((time.perf_counter() - rec.started) * 1000, 3)
+        dispatched.events = app[OBSERVER].wrap(rec, dispatched.events, lambda: request.get("zoe_cache"))
     return dispatched
+
+
+def check_key(observer: Observer, key: ClientKey, name: str) -> str | None:
+    """Carry out a key's rules for asking for ``name``: 403, 429, or why it must stay local (budget)."""
+    if not key.may_use(name):
+        raise Forbidden(f"key {key.id!r} may not use {name!r}", param="model", code="model_not_allowed")
+    now = time.time()
+    decision = observer.limiter.decide(key.id, now, key.rpm, key.tpm)
+    if not decision.allow:
+        observer.metrics.rate_limited.labels(key.id, "tpm" if "tokens" in decision.reason else "rpm").inc()
+        raise TooManyRequests(
+            f"key {key.id!r}: {decision.reason}; retry in {decision.retry_after:.0f} s",
+            code="rate_limit_exceeded",
+            retry_after=max(1.0, decision.retry_after),
+        )
+    return observer.spend.over_budget(key, now)
 
 
 M = TypeVar("M", bound=BaseModel)
