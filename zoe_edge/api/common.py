@@ -70,7 +70,13 @@ async def open_generation(request: web.Request, name: str, req: GenerationReques
         rec.skipped = dispatched.skipped
         rec.fallback_reason = "; ".join(dispatched.skipped) or None
         rec.ttft_ms = round((time.perf_counter() - rec.started) * 1000, 3)
-        dispatched.events = app[OBSERVER].wrap(rec, dispatched.events, lambda: request.get("zoe_cache"))
+        if isinstance(dispatched.first, Finish):
+            # an empty answer: the first event is the last, so the row is committed before any byte is sent
+            rec.add_usage(dispatched.first.usage)
+            rec.status = 200
+            await app[OBSERVER].finish(rec, request.get("zoe_cache"))
+        else:
+            dispatched.events = app[OBSERVER].wrap(rec, dispatched.events, lambda: request.get("zoe_cache"))
     return dispatched
 
 

@@ -29,6 +29,7 @@ T = TypeVar("T")
 _INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 _STOP = object()
 PRUNE_EVERY_S = 3600.0
+ACK_TIMEOUT_S = 5.0  # longest a response waits for its row
 
 
 class Ledger:
@@ -88,7 +89,11 @@ class Ledger:
             return
         done = self._loop.create_future()
         self._queue.put((row(rec), done))
-        await asyncio.shield(done)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), ACK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            # a stalled disk must not stall the answers; the row is still queued and may land later
+            self._failed("write", TimeoutError(f"no commit within {ACK_TIMEOUT_S:g} s"))
 
     def submit(self, rec: UsageRecord) -> None:
         """Queue ``rec``'s row without waiting (a cancelled request has nobody to acknowledge)."""
@@ -102,17 +107,18 @@ class Ledger:
         self._queue.put((fn, done))
         return await done
 
-    def _resolve(self, future: asyncio.Future[Any] | None, value: Any = None, exc: BaseException | None = None) -> None:
-        if future is None or self._loop is None:
+    def _settle(self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+        if not outcomes or self._loop is None:
             return
 
         def settle() -> None:
-            if future.done():
-                return
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(value)
+            for future, value, exc in outcomes:
+                if future.done():
+                    continue
+                if exc is not None:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(value)
 
         # a closed loop (RuntimeError) means shutdown: nobody is waiting
         with contextlib.suppress(RuntimeError):
@@ -149,21 +155,21 @@ class Ledger:
                 if not self.healthy:
                     log.warning("usage ledger %s is writable again", self.path)
                 self.healthy = True
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # the writer thread must outlive any failure
                 self._rollback()
                 self.failed_rows += len(rows)
                 self._failed("write", exc)
-            for _, future in rows:
-                self._resolve(future)
+            # one wake-up of the event loop for the whole batch
+            self._settle([(f, None, None) for _, f in rows if f is not None])
         for fn, future in calls:
             try:
                 if self._conn is None:
                     self._open()
-                self._resolve(future, fn(self._conn))
-            except (sqlite3.Error, OSError) as exc:
+                self._settle([(future, fn(self._conn), None)])
+            except Exception as exc:
                 self._rollback()
                 self._failed("maintenance", exc)
-                self._resolve(future, exc=exc)
+                self._settle([(future, None, exc)])
 
     def _rollback(self) -> None:
         if self._conn is not None:
