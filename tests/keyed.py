@@ -15,14 +15,20 @@ ADMIN_KEY = "zk-admin-secret-0002"
 HA_KEY = "zk-home-assistant-0003"
 LIMITED_KEY = "zk-limited-0004"
 FILE_KEY = "zk-from-a-file-0005"
+METERED_KEY = "zk-metered-0006"
 CLOUD_KEY = "sk-test-not-a-real-key"
-ALL_SECRETS = (API_KEY, ADMIN_KEY, HA_KEY, LIMITED_KEY, FILE_KEY, CLOUD_KEY)
+ALL_SECRETS = (API_KEY, ADMIN_KEY, HA_KEY, LIMITED_KEY, FILE_KEY, METERED_KEY, CLOUD_KEY)
 # the fake cloud reports 12 prompt + 7 completion tokens: 12 * 1000 + 7 * 2000 per million = $0.026
 CLOUD_COST = 0.026
 
 
 def keyed_env() -> dict[str, str]:
-    return {"ZOE_TEST_CLOUD_KEY": CLOUD_KEY, "ZOE_TEST_HA_KEY": HA_KEY, "ZOE_ADMIN_KEY": ADMIN_KEY}
+    return {
+        "ZOE_TEST_CLOUD_KEY": CLOUD_KEY,
+        "ZOE_TEST_HA_KEY": HA_KEY,
+        "ZOE_TEST_METERED_KEY": METERED_KEY,
+        "ZOE_ADMIN_KEY": ADMIN_KEY,
+    }
 
 
 def keyed_registry(tmp: Path, smol: Path, cloud_url: str, **extra: Any) -> Path:
@@ -55,6 +61,7 @@ def keyed_registry(tmp: Path, smol: Path, cloud_url: str, **extra: Any) -> Path:
             "rpm": 2,
         },
         "filed": {"key": "file:file.key", "tpm": 100000},
+        "metered": {"key": "env:ZOE_TEST_METERED_KEY", "tpm": 20},
     }
     data.update(extra)
     path.write_text(yaml.safe_dump(data))

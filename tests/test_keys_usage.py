@@ -26,6 +26,7 @@ from tests.keyed import (
     FILE_KEY,
     HA_KEY,
     LIMITED_KEY,
+    METERED_KEY,
     bearer,
     keyed_env,
     keyed_registry,
@@ -96,6 +97,12 @@ async def test_unknown_key_401_disallowed_alias_403_rpm_429(daemon: Daemon) -> N
     assert 1 <= int(r.headers["Retry-After"]) <= 60
     err = r.json()["error"]
     assert err["code"] == "rate_limit_exceeded" and "2 requests per minute" in err["message"]
+    # tpm counts the tokens a request really used: the first passes and uses more than 20
+    r = await chat(daemon, METERED_KEY, "zoe-chat")
+    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] > 20
+    r = await chat(daemon, METERED_KEY, "zoe-chat")
+    assert r.status_code == 429 and "20 tokens per minute" in r.json()["error"]["message"]
+    assert int(r.headers["Retry-After"]) >= 1
     # other keys are not affected; the file: key and the unrestricted ZOE_API_KEY work
     assert (await chat(daemon, FILE_KEY, "smol")).status_code == 200
     assert (await chat(daemon, API_KEY, "smol")).status_code == 200

@@ -80,7 +80,7 @@ async def test_admin_refuses_client_keys_and_no_key_leaks(tmp_path: Path, smollm
 
             status = await call("GET", "/admin/status", bearer(ADMIN_KEY))
             assert status.status_code == 200
-            assert set(status.json()["keys"]) == {"default", "admin", "ha", "limited", "filed"}
+            assert set(status.json()["keys"]) == {"default", "admin", "ha", "limited", "filed", "metered"}
             usage = await call("GET", "/admin/usage", bearer(ADMIN_KEY), params={"limit": 100})
             assert {r["key_id"] for r in usage.json()["rows"]} >= {"ha", "limited", None}
             metrics = await call("GET", "/metrics", bearer(API_KEY))
