@@ -54,7 +54,8 @@ async def open_generation(request: web.Request, name: str, req: GenerationReques
     if rec is not None:
         rec.requested = name
     key: ClientKey | None = request.get("zoe_key")
-    local_only = check_key(app[OBSERVER], key, name) if key is not None else None
+    observer = app.get(OBSERVER)
+    local_only = check_key(observer, key, name) if key is not None and observer is not None else None
     plan = plan_request(app[REGISTRY], name, req)
     if rec is not None:
         rec.route = plan.route
@@ -64,7 +65,7 @@ async def open_generation(request: web.Request, name: str, req: GenerationReques
     request["zoe_model"] = dispatched.served_by.label
     request["zoe_route"] = dispatched.headers()
     log.info("route %s -> %s", plan.reason, dispatched.served_by.label)
-    if rec is not None:
+    if rec is not None and observer is not None:
         rec.target = dispatched.served_by.label
         rec.locality = "local" if dispatched.served_by.local else "cloud"
         rec.skipped = dispatched.skipped
@@ -74,9 +75,9 @@ async def open_generation(request: web.Request, name: str, req: GenerationReques
             # an empty answer: the first event is the last, so the row is committed before any byte is sent
             rec.add_usage(dispatched.first.usage)
             rec.status = 200
-            await app[OBSERVER].finish(rec, request.get("zoe_cache"))
+            await observer.finish(rec, request.get("zoe_cache"))
         else:
-            dispatched.events = app[OBSERVER].wrap(rec, dispatched.events, lambda: request.get("zoe_cache"))
+            dispatched.events = observer.wrap(rec, dispatched.events, lambda: request.get("zoe_cache"))
     return dispatched
 
 

@@ -10,12 +10,13 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
-from zoe_edge.access.keys import ClientKey
+from zoe_edge.access.keys import ClientKey, KeyTable
 from zoe_edge.api import ollama, openai, telemetry
-from zoe_edge.api.common import KEYS, OBSERVER
+from zoe_edge.api.common import KEYS, OBSERVER, SETTINGS
 from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
     Forbidden,
@@ -62,15 +63,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     # generation requests get a usage record (ledger row + metrics), failed ones included
     rec = None
-    if request.method == "POST" and request.path in GENERATION_PATHS:
-        rec = request["zoe_usage"] = request.app[OBSERVER].start(request_id, request.path)
+    observer = request.app.get(OBSERVER)
+    if observer is not None and request.method == "POST" and request.path in GENERATION_PATHS:
+        rec = request["zoe_usage"] = observer.start(request_id, request.path)
     try:
         response = await handler(request)
     except asyncio.CancelledError:
-        if rec is not None:
+        if observer is not None and rec is not None:
             rec.status = rec.status or CLIENT_CLOSED
             rec.error = rec.error or "client went away"
-            request.app[OBSERVER].finish_nowait(rec, request.get("zoe_cache"))
+            observer.finish_nowait(rec, request.get("zoe_cache"))
         log.info(
             "%s %s: client went away after %.1fms; request cancelled id=%s",
             request.method,
@@ -90,13 +92,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         _log_error(request, err)
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
-    if rec is not None and not rec.done:
+    if observer is not None and rec is not None and not rec.done:
         # a prepared stream whose record is still open ended before its last event: the client left
         rec.status = CLIENT_CLOSED if response.prepared and response.status == 200 else response.status
         if isinstance(exc_seen := request.get("zoe_error"), str):
             rec.error = exc_seen
         # committed before the response leaves: an answered request is in the ledger
-        await request.app[OBSERVER].finish(rec, request.get("zoe_cache"))
+        await observer.finish(rec, request.get("zoe_cache"))
     telemetry.record_request(request, response.status, started)
     log.info(
         "%s %s %d %.1fms id=%s model=%s",
@@ -147,9 +149,18 @@ def _presented(request: web.Request, what: str, basic: bool = False) -> str:
     return presented.strip()
 
 
+def _keys(app: web.Application) -> KeyTable:
+    keys = app.get(KEYS)
+    if keys is None:
+        # an app assembled without build_app (a front tested alone): the settings' two keys
+        settings = app[SETTINGS]
+        keys = KeyTable.build({}, Path("."), settings.api_key, settings.admin_key)
+    return keys
+
+
 def _identify(request: web.Request, what: str, basic: bool = False) -> ClientKey:
     # the table compares digests in constant time against every key
-    key = request.app[KEYS].lookup(_presented(request, what, basic))
+    key = _keys(request.app).lookup(_presented(request, what, basic))
     if key is None:
         raise Unauthorized(f"invalid {what}")
     request["zoe_key"] = key
@@ -161,7 +172,7 @@ def _identify(request: web.Request, what: str, basic: bool = False) -> ClientKey
 
 @web.middleware
 async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[KEYS]
+    keys = _keys(request.app)
     if request.path.startswith("/admin"):
         if keys.has_admin_keys:
             if not _identify(request, "admin key").admin:
