@@ -135,7 +135,13 @@ def start_daemon(
 ) -> Daemon:
     port = free_port()
     log_path = tmp / f"daemon-{port}.log"
-    full_env = {**os.environ, "ZOE_STATE_DIR": str(state_dir()), **(env or {})}
+    # each daemon its own usage ledger (the shared state dir holds the model files only)
+    full_env = {
+        **os.environ,
+        "ZOE_STATE_DIR": str(state_dir()),
+        "ZOE_USAGE_DB": str(tmp / "usage.sqlite3"),
+        **(env or {}),
+    }
     full_env.pop("ZOE_API_KEY", None)
     if api_key:
         full_env["ZOE_API_KEY"] = api_key

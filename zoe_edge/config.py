@@ -50,12 +50,18 @@ class Settings(BaseModel):
     profile: str | None = None
     # board telemetry (temperatures, power, memory): one sample per interval, 15 minutes kept
     telemetry_interval_s: float = Field(default=1.0, ge=0.1, le=60.0)
+    # the usage ledger's SQLite file; None: the registry's usage.path, else <state_dir>/usage.sqlite3
+    usage_db: Path | None = None
 
-    def check_bind(self) -> str | None:
-        """Why this bind is refused, or ``None``: beyond loopback needs a key or an explicit opt-out."""
-        if is_loopback(self.host) or self.api_key is not None or self.insecure_no_auth:
+    def check_bind(self, client_keys: bool = False) -> str | None:
+        """Why this bind is refused, or ``None``: beyond loopback needs a key or an explicit opt-out.
+
+        ``client_keys``: the registry's ``keys:`` section holds client keys (they count as keys).
+        """
+        if is_loopback(self.host) or self.api_key is not None or client_keys or self.insecure_no_auth:
             return None
         return (
-            f"refusing to listen on {self.host} without an API key: set ZOE_API_KEY (or --api-key-file), "
+            f"refusing to listen on {self.host} without an API key: set ZOE_API_KEY (or --api-key-file, "
+            "or client keys in the registry's keys: section), "
             "bind to 127.0.0.1, or pass --insecure-no-auth if every client on that network is trusted"
         )

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zoe_edge import validation
+from zoe_edge.access.keys import KEY_ID, KeyEntry
 from zoe_edge.cache.config import CacheSettings, RouteCacheMode
 from zoe_edge.canonical import Sampling
 from zoe_edge.errors import RegistryError
@@ -230,6 +231,16 @@ class AutoRouting(BaseModel):
     rules: list[AutoRule] = Field(default_factory=list)
 
 
+class UsageSettings(BaseModel):
+    """The usage ledger: where it is and how long rows are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    path: str | None = Field(default=None, description="SQLite file; default <state_dir>/usage.sqlite3")
+    retention_days: float | None = Field(default=90.0, gt=0, description="rows older than this are deleted")
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -243,6 +254,8 @@ class Registry(BaseModel):
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     thermal: ThermalSettings = Field(default_factory=ThermalSettings)
+    keys: dict[str, KeyEntry] = Field(default_factory=dict, description="API keys by id (see zoe_edge.access)")
+    usage: UsageSettings = Field(default_factory=UsageSettings)
     # absent: no response cache; a ``cache:`` section turns it on (in-memory unless it says redis)
     cache: CacheSettings = Field(default_factory=lambda: CacheSettings(backend="off"))
 
@@ -254,6 +267,12 @@ class Registry(BaseModel):
     @model_validator(mode="after")
     def _names(self) -> Registry:
         problems: list[str] = []
+        for key_id, entry in self.keys.items():
+            if not KEY_ID.match(key_id) or key_id in ("default", "admin"):
+                problems.append(f"key {key_id!r}: use letters, digits and . _ - (ids 'default' and 'admin' are taken)")
+            for name in entry.aliases:
+                if name != "*" and name not in self.names():
+                    problems.append(f"key {key_id!r}: alias {name!r} is not a model, alias, route or auto")
         for name in [*self.models, *self.aliases, *self.routes]:
             if not _NAME.match(name):
                 problems.append(f"name {name!r}: use letters, digits and . _ : - (at most 128)")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import CACHE, REGISTRY, SUPERVISOR
-from zoe_edge.errors import ModelNotFound
+from zoe_edge.api.common import CACHE, KEYS, OBSERVER, REGISTRY, SUPERVISOR
+from zoe_edge.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from zoe_edge.registry import Registry
+from zoe_edge.usage import query
 
 
 def _registry_model(registry: Registry, name: str) -> str:
@@ -27,6 +30,51 @@ async def status(request: web.Request) -> web.Response:
         "models": {name: {"aliases": registry.aliases_of(name)} for name in registry.models},
     }
     body["cache"] = request.app[CACHE].status()
+    observer = request.app[OBSERVER]
+    body["ledger"] = observer.ledger.status() if observer.ledger is not None else {"enabled": False}
+    # ids and limits only: a key (or its digest) never leaves the daemon
+    body["keys"] = {
+        key.id: {
+            "role": key.role,
+            "aliases": sorted(key.aliases),
+            "rpm": key.rpm,
+            "tpm": key.tpm,
+            "daily_budget_usd": key.daily_budget_usd,
+            "spent_today_usd": round(observer.spend.spent.get(key.id, 0.0), 6),
+        }
+        for key in request.app[KEYS].keys
+    }
+    return web.json_response(body)
+
+
+async def usage(request: web.Request) -> web.Response:
+    """``?since=24h|ISO date|epoch&group_by=key|model|route|day`` totals, or the rows themselves (``limit``)."""
+    ledger = request.app[OBSERVER].ledger
+    if ledger is None:
+        raise ServiceUnavailable("the usage ledger is disabled (usage.enabled: false in the registry)")
+    now = time.time()
+    try:
+        since = query.parse_since(request.query.get("since"), now)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="since") from None
+    group_by = request.query.get("group_by")
+    if group_by is not None and group_by not in query.GROUPS:
+        raise InvalidRequest(f"group_by must be one of {', '.join(query.GROUPS)}", param="group_by")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= 10000:
+        raise InvalidRequest("limit must be a whole number from 1 to 10000", param="limit")
+    body: dict[str, Any] = {"since": since, "ledger": ledger.status()}
+    try:
+        if group_by is not None:
+            body["group_by"] = group_by
+            body["groups"] = await ledger.read(lambda conn: query.summarize(conn, since, group_by))
+        else:
+            body["rows"] = await ledger.read(lambda conn: query.recent_rows(conn, since, limit))
+    except (sqlite3.Error, OSError) as exc:
+        raise ServiceUnavailable(f"cannot read the usage ledger: {exc}", retry_after=5) from None
     return web.json_response(body)
 
 
@@ -47,5 +95,6 @@ async def unload(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/status", status)
+    app.router.add_get("/admin/usage", usage)
     app.router.add_post("/admin/models/{name}/load", load)
     app.router.add_post("/admin/models/{name}/unload", unload)

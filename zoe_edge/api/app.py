@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sqlite3
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from zoe_edge import __version__
+from zoe_edge.access.budget import SpendBook, day_start
+from zoe_edge.access.keys import KeyTable
+from zoe_edge.access.limits import Limiter
 from zoe_edge.api import admin, ollama, openai, telemetry
-from zoe_edge.api.common import CACHE, DISPATCHER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
+from zoe_edge.api.common import CACHE, DISPATCHER, KEYS, OBSERVER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.cache.service import ResponseCache
 from zoe_edge.config import Settings
@@ -22,6 +29,10 @@ from zoe_edge.sdnotify import Notifier
 from zoe_edge.supervisor import SlotState, Supervisor
 from zoe_edge.telemetry.policy import ThermalLimits
 from zoe_edge.telemetry.sampler import Sampler
+from zoe_edge.usage import query
+from zoe_edge.usage.ledger import Ledger
+from zoe_edge.usage.metrics import Metrics
+from zoe_edge.usage.observer import Observer
 
 log = logging.getLogger("zoe_edge")
 
@@ -43,11 +54,36 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "unavailable", "model": model, "loaded": False, "reason": problem}, status=503)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; behind the API key like every client endpoint (key ids only in labels)."""
+    body = request.app[OBSERVER].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def ledger_path(settings: Settings, registry: Registry) -> Path:
+    """``--usage-db`` / ``$ZOE_USAGE_DB``, else the registry's ``usage.path``, else ``<state_dir>/usage.sqlite3``."""
+    if settings.usage_db is not None:
+        return settings.usage_db
+    if registry.usage.path:
+        path = Path(os.path.expanduser(registry.usage.path))
+        return path if path.is_absolute() else settings.registry_path.resolve().parent / path
+    return settings.state_dir / "usage.sqlite3"
+
+
 def build_app(settings: Settings, registry: Registry) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_context, api_key_auth])
     app[SETTINGS] = settings
     app[REGISTRY] = registry
-    app[SUPERVISOR] = Supervisor(registry, settings.registry_path.resolve().parent, settings)
+    registry_dir = settings.registry_path.resolve().parent
+    app[SUPERVISOR] = Supervisor(registry, registry_dir, settings)
+    app[KEYS] = KeyTable.build(registry.keys, registry_dir, settings.api_key, settings.admin_key)
+    ledger = Ledger(ledger_path(settings, registry), registry.usage.retention_days) if registry.usage.enabled else None
+    observer = Observer(registry, Metrics(), ledger, SpendBook(), Limiter())
+    observer.metrics.watch(app[SUPERVISOR].status, ledger.status if ledger is not None else None)
+    app[SUPERVISOR].swap_listeners.append(observer.metrics.swapped)
+    app[OBSERVER] = observer
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_ledger_lifetime)
     upstreams = {name: make_provider(name, config) for name, config in registry.providers.items()}
     app[DISPATCHER] = Dispatcher(registry, app[SUPERVISOR], upstreams)
     app[CACHE] = ResponseCache.from_registry(registry)
@@ -69,6 +105,23 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
 
 
 PRELOAD = web.AppKey("preload", asyncio.Task[None])
+
+
+async def _ledger_lifetime(app: web.Application) -> AsyncIterator[None]:
+    ledger = app[OBSERVER].ledger
+    if ledger is None:
+        yield
+        return
+    await ledger.start()
+    try:
+        # today's spend survives a restart: the budget book starts from the ledger
+        spent = await ledger.read(lambda conn: query.spend_since(conn, day_start(time.time())))
+        app[OBSERVER].spend.spent.update(spent)
+    except (sqlite3.Error, OSError) as exc:
+        log.error("usage ledger %s: cannot read today's spend (%s); budgets start from zero", ledger.path, exc)
+    log.info("usage ledger: %s (retention %s days)", ledger.path, ledger.retention_days)
+    yield
+    await ledger.close()
 
 
 async def _supervisor_lifetime(app: web.Application) -> AsyncIterator[None]:

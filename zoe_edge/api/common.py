@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -13,16 +14,20 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoe_edge import validation
+from zoe_edge.access.budget import seconds_to_midnight
+from zoe_edge.access.keys import ClientKey, KeyTable
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.cache.service import ResponseCache
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
-from zoe_edge.errors import InvalidRequest, NotImplementedHere, PayloadTooLarge, ZoeError
+from zoe_edge.errors import Forbidden, InvalidRequest, NotImplementedHere, PayloadTooLarge, TooManyRequests, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
 from zoe_edge.routing.routes import plan_request
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.telemetry.sampler import Sampler
+from zoe_edge.usage.observer import Observer
+from zoe_edge.usage.record import UsageRecord
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)
@@ -32,11 +37,20 @@ SAMPLER = web.AppKey("sampler", Sampler)
 CACHE = web.AppKey("cache", ResponseCache)
 # the last generation requests (served by, route, fallback reason), for the dashboard
 RECENT_REQUESTS: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("recent_requests")
+KEYS = web.AppKey("keys", KeyTable)
+OBSERVER = web.AppKey("observer", Observer)
 
 
 class Lenient(BaseModel):
     # clients send fields we do not use (logit_bias, metadata, store, ...); accept and ignore them
     model_config = ConfigDict(extra="ignore")
+
+
+def locality(dispatched: Dispatched) -> str:
+    """Where an answer came from, for the ledger and the metrics: local, cloud or cache."""
+    if dispatched.cache == "hit":
+        return "cache"
+    return "local" if dispatched.served_by.local else "cloud"
 
 
 async def open_generation(
@@ -49,17 +63,59 @@ async def open_generation(
     the body's cache controls; the ``Cache-Control`` header is read here.
     """
     app = request.app
+    rec: UsageRecord | None = request.get("zoe_usage")
+    if rec is not None:
+        rec.requested = name
+    key: ClientKey | None = request.get("zoe_key")
+    observer = app.get(OBSERVER)
+    local_only = check_key(observer, key, name) if key is not None and observer is not None else None
     plan = plan_request(app[REGISTRY], name, req)
+    if rec is not None:
+        rec.route = plan.route
+    # the key's permissions were checked above, so a key that may not use a model gets none of its cached answers
     looked = await app[CACHE].lookup(plan, req, cache, request.headers.get("Cache-Control"))
     request["zoe_cache"] = looked.status
     # a hit replays the stored answer and never calls dispatch: no supervisor, no upstream
     dispatched = await app[CACHE].open(
-        looked, plan, lambda: app[DISPATCHER].dispatch(plan, req, deadline_header(request))
+        looked,
+        plan,
+        lambda: app[DISPATCHER].dispatch(
+            plan, req, deadline_header(request), local_only, retry_after=seconds_to_midnight(time.time())
+        ),
     )
     request["zoe_model"] = dispatched.served_by.label
     request["zoe_route"] = dispatched.headers()
     log.info("route %s -> %s (cache %s: %s)", plan.reason, dispatched.served_by.label, looked.status, looked.reason)
+    if rec is not None and observer is not None:
+        rec.target = dispatched.served_by.label
+        rec.locality = locality(dispatched)
+        rec.skipped = dispatched.skipped
+        rec.fallback_reason = "; ".join(dispatched.skipped) or None
+        rec.ttft_ms = round((time.perf_counter() - rec.started) * 1000, 3)
+        if isinstance(dispatched.first, Finish):
+            # an empty answer: the first event is the last, so the row is committed before any byte is sent
+            rec.add_usage(dispatched.first.usage)
+            rec.status = 200
+            await observer.finish(rec, request.get("zoe_cache"))
+        else:
+            dispatched.events = observer.wrap(rec, dispatched.events, lambda: request.get("zoe_cache"))
     return dispatched
+
+
+def check_key(observer: Observer, key: ClientKey, name: str) -> str | None:
+    """Carry out a key's rules for asking for ``name``: 403, 429, or why it must stay local (budget)."""
+    if not key.may_use(name):
+        raise Forbidden(f"key {key.id!r} may not use {name!r}", param="model", code="model_not_allowed")
+    now = time.time()
+    decision = observer.limiter.decide(key.id, now, key.rpm, key.tpm)
+    if not decision.allow:
+        observer.metrics.rate_limited.labels(key.id, "tpm" if "tokens" in decision.reason else "rpm").inc()
+        raise TooManyRequests(
+            f"key {key.id!r}: {decision.reason}; retry in {decision.retry_after:.0f} s",
+            code="rate_limit_exceeded",
+            retry_after=max(1.0, decision.retry_after),
+        )
+    return observer.spend.over_budget(key, now)
 
 
 M = TypeVar("M", bound=BaseModel)

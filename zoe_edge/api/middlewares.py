@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
-from pydantic import SecretStr
 
+from zoe_edge.access.keys import ClientKey, KeyTable
 from zoe_edge.api import ollama, openai, telemetry
-from zoe_edge.api.common import SETTINGS
+from zoe_edge.api.common import KEYS, OBSERVER, SETTINGS
 from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
     Forbidden,
@@ -26,6 +26,8 @@ from zoe_edge.errors import (
     Unauthorized,
     ZoeError,
 )
+from zoe_edge.usage.observer import CLIENT_CLOSED
+from zoe_edge.usage.record import GENERATION_PATHS
 
 log = logging.getLogger("zoe_edge.api")
 
@@ -59,9 +61,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     request["request_id"] = request_id
     started = time.perf_counter()
+    # generation requests get a usage record (ledger row + metrics), failed ones included
+    rec = None
+    observer = request.app.get(OBSERVER)
+    if observer is not None and request.method == "POST" and request.path in GENERATION_PATHS:
+        rec = request["zoe_usage"] = observer.start(request_id, request.path)
     try:
         response = await handler(request)
     except asyncio.CancelledError:
+        if observer is not None and rec is not None:
+            rec.status = rec.status or CLIENT_CLOSED
+            rec.error = rec.error or "client went away"
+            observer.finish_nowait(rec, request.get("zoe_cache"))
         log.info(
             "%s %s: client went away after %.1fms; request cancelled id=%s",
             request.method,
@@ -81,6 +92,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         _log_error(request, err)
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
+    if observer is not None and rec is not None and not rec.done:
+        # a prepared stream whose record is still open ended before its last event: the client left
+        rec.status = CLIENT_CLOSED if response.prepared and response.status == 200 else response.status
+        if isinstance(exc_seen := request.get("zoe_error"), str):
+            rec.error = exc_seen
+        # committed before the response leaves: an answered request is in the ledger
+        await observer.finish(rec, request.get("zoe_cache"))
     telemetry.record_request(request, response.status, started)
     log.info(
         "%s %s %d %.1fms id=%s model=%s",
@@ -102,6 +120,7 @@ def _render_error(request: web.Request, exc: ZoeError) -> web.Response:
 
 
 def _log_error(request: web.Request, exc: ZoeError) -> None:
+    request["zoe_error"] = exc.message[:500]
     level = logging.ERROR if exc.status >= 500 else logging.WARNING
     log.log(
         level,
@@ -115,35 +134,56 @@ def _log_error(request: web.Request, exc: ZoeError) -> None:
     )
 
 
-def _check_bearer(request: web.Request, key: SecretStr, what: str, basic: bool = False) -> None:
+def _presented(request: web.Request, what: str, basic: bool = False) -> str:
+    """The key the request carries (bearer, or Basic's password for a browser page); never logged."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if basic and scheme.lower() == "basic" and presented:
         try:
             # any user name; the password is the key
-            presented = base64.b64decode(presented.strip(), validate=True).decode().partition(":")[2]
+            return base64.b64decode(presented.strip(), validate=True).decode().partition(":")[2]
         except (binascii.Error, UnicodeDecodeError):
             raise Unauthorized(f"invalid {what}") from None
-    elif scheme.lower() != "bearer" or not presented:
+    if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <key>'")
-    # constant time, so response timing reveals nothing about how much of the key matched
-    if not hmac.compare_digest(presented.strip().encode(), key.get_secret_value().encode()):
+    return presented.strip()
+
+
+def _keys(app: web.Application) -> KeyTable:
+    keys = app.get(KEYS)
+    if keys is None:
+        # an app assembled without build_app (a front tested alone): the settings' two keys
+        settings = app[SETTINGS]
+        keys = KeyTable.build({}, Path("."), settings.api_key, settings.admin_key)
+    return keys
+
+
+def _identify(request: web.Request, what: str, basic: bool = False) -> ClientKey:
+    # the table compares digests in constant time against every key
+    key = _keys(request.app).lookup(_presented(request, what, basic))
+    if key is None:
         raise Unauthorized(f"invalid {what}")
+    request["zoe_key"] = key
+    rec = request.get("zoe_usage")
+    if rec is not None:
+        rec.key_id = key.id
+    return key
 
 
 @web.middleware
 async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+    keys = _keys(request.app)
     if request.path.startswith("/admin"):
-        if settings.admin_key is not None:
-            _check_bearer(request, settings.admin_key, "admin key")
+        if keys.has_admin_keys:
+            if not _identify(request, "admin key").admin:
+                raise Forbidden("the admin API needs an admin key; client keys are refused", code="admin_key_required")
         elif not is_loopback(request.remote or ""):
             raise Forbidden("the admin API answers only on loopback until an admin key is set (ZOE_ADMIN_KEY)")
         return await handler(request)
-    if settings.api_key is not None and request.path not in PUBLIC_PATHS:
+    if keys.has_client_keys and request.path not in PUBLIC_PATHS:
         browser = request.path.startswith(BROWSER_PATHS)
         try:
-            _check_bearer(request, settings.api_key, "API key", basic=browser)
+            _identify(request, "API key", basic=browser)
         except Unauthorized as exc:
             if not browser:
                 raise

@@ -7,6 +7,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+class Price(BaseModel):
+    """What one model costs, in US dollars per million tokens (for the usage ledger and key budgets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1_000_000
+
+
 class ProviderConfig(BaseModel):
     """One upstream: where it is, how its key is found, and how patient to be with it.
 
@@ -29,6 +41,7 @@ class ProviderConfig(BaseModel):
     cooldown: float = Field(default=60.0, ge=0, description="seconds a provider is skipped after repeated failures")
     max_tokens_default: int = Field(default=1024, ge=1, description="max_tokens when a request sets none")
     extra_headers: dict[str, str] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict, description="model -> price; unpriced models cost 0")
     sampling_extensions: bool = Field(
         default=False,
         description="openai type: also send top_k/min_p/repeat_penalty (vLLM, llama.cpp, another zoe-edge)",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from zoe_edge.canonical import ErrorEvent, Event, GenerationRequest
-from zoe_edge.errors import ServiceUnavailable, ZoeError
+from zoe_edge.errors import ServiceUnavailable, TooManyRequests, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.resolve import with_model_defaults
 from zoe_edge.routing.routes import RoutePlan, Target, effective_tool_choice, fallback_reason, thermal_skip
@@ -100,19 +100,37 @@ class Dispatcher:
             return f"provider cooling down for {cooling:.0f} s"
         return None
 
-    async def dispatch(self, plan: RoutePlan, req: GenerationRequest, deadline: float | None = None) -> Dispatched:
+    async def dispatch(
+        self,
+        plan: RoutePlan,
+        req: GenerationRequest,
+        deadline: float | None = None,
+        local_only: str | None = None,
+        retry_after: float = 3600.0,
+    ) -> Dispatched:
         """The first target that starts answering, with its first event already read.
 
         Raises the request's own error (a 4xx) as soon as any target reports one, and
         :class:`ServiceUnavailable` listing every target and why when none could serve.
+        ``local_only`` (why, e.g. a key over its daily budget) skips every cloud target; a plan with
+        no local target then is a 429 that says why and when the budget renews (``retry_after``).
         """
+        if local_only is not None and not any(t.local for t in plan.targets):
+            raise TooManyRequests(
+                f"{plan.route!r} has only cloud targets and {local_only}",
+                code="budget_exceeded",
+                retry_after=retry_after,
+            )
         req = apply_route_params(req, plan)
         wait = deadline if deadline is not None else plan.deadline
         skipped: list[str] = []
-        retry_after: list[float] = []
+        waits: list[float] = []
         # with nowhere else to go, a target's own error is the most useful answer
         alone = len(plan.targets) == 1
         for i, target in enumerate(plan.targets):
+            if local_only is not None and not target.local:
+                skipped.append(f"{target.label}: {local_only}")
+                continue
             why = self._unusable(target, has_fallback=i < len(plan.targets) - 1)
             if why is not None:
                 skipped.append(f"{target.label}: {why}")
@@ -129,7 +147,7 @@ class Dispatcher:
                     raise
                 skipped.append(f"{target.label}: {reason} ({exc.message})")
                 if exc.retry_after is not None:
-                    retry_after.append(exc.retry_after)
+                    waits.append(exc.retry_after)
                 continue
             if isinstance(first, ErrorEvent) and not alone:
                 reason = fallback_reason(first.code, first.status)
@@ -144,5 +162,5 @@ class Dispatcher:
         raise ServiceUnavailable(
             f"no target could serve {plan.route!r}: {tried}",
             code="no_target_available",
-            retry_after=min(retry_after) if retry_after else 5.0,
+            retry_after=min(waits) if waits else 5.0,
         )

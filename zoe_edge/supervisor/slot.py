@@ -15,7 +15,7 @@ import enum
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,8 @@ class Supervisor:
         self.plan: Plan | None = None
         self.last_error: str | None = None
         self.swaps: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        # called with each swap record as it happens (the metrics count loads and their durations)
+        self.swap_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.failures: dict[str, Failure] = {}
         self.stats: dict[str, ModelStats] = collections.defaultdict(ModelStats)
         self._worker: WorkerProcess | None = None
@@ -478,17 +480,18 @@ class Supervisor:
         self.failures.pop(model, None)
         stats = self.stats[model]
         stats.load_s = duration
-        self.swaps.append(
-            {
-                "at": time.time(),
-                "from": previous,
-                "to": model,
-                "duration_ms": round(duration * 1000, 1),
-                "llama_load_ms": info.load_ms,
-                "gpu_layers": plan.gpu_layers,
-                "reason": why,
-            }
-        )
+        swap: dict[str, Any] = {
+            "at": time.time(),
+            "from": previous,
+            "to": model,
+            "duration_ms": round(duration * 1000, 1),
+            "llama_load_ms": info.load_ms,
+            "gpu_layers": plan.gpu_layers,
+            "reason": why,
+        }
+        self.swaps.append(swap)
+        for listener in self.swap_listeners:
+            listener(swap)
         log.info(
             "loaded %r in %.0f ms (llama.cpp %.0f ms, pid %d, %d GPU layers; %s)",
             model,

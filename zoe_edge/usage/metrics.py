@@ -1,0 +1,115 @@
+"""Prometheus metrics, ``zoe_*``: fed by the same per-request record as the ledger.
+
+Each app has its own ``CollectorRegistry`` (several apps in one test process must not collide).
+Figures the supervisor already keeps (state, queue depth) are read at scrape time by a custom
+collector, so nothing polls. Labels carry key ids, never keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from zoe_edge import __version__
+from zoe_edge.usage.record import UsageRecord, fallback_label
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+SLOT_STATES = ("unloaded", "loading", "ready", "busy", "unloading", "failed")
+
+
+class _SupervisorCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]], ledger: Callable[[], dict[str, Any]] | None) -> None:
+        self.status = status
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self.status()
+        state = GaugeMetricFamily("zoe_supervisor_state", "1 for the slot's current state", labels=["state"])
+        current = status["slot"]["state"]
+        for name in SLOT_STATES:
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            "zoe_queue_depth", "requests waiting for the local slot", value=status["queue"]["length"]
+        )
+        loaded = GaugeMetricFamily("zoe_model_loaded", "1 for the model in the slot", labels=["model"])
+        if status["slot"]["model"] and current in ("ready", "busy"):
+            loaded.add_metric([status["slot"]["model"]], 1.0)
+        yield loaded
+        if self.ledger is not None:
+            ledger = self.ledger()
+            yield GaugeMetricFamily(
+                "zoe_ledger_healthy", "1 while usage rows are being written", value=1.0 if ledger["healthy"] else 0.0
+            )
+            yield GaugeMetricFamily(
+                "zoe_ledger_failed_rows", "usage rows lost to write failures", value=ledger["rows_failed"]
+            )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("zoe_requests", "generation requests", ["route", "target", "status"], registry=r)
+        self.duration = Histogram(
+            "zoe_request_duration_seconds",
+            "generation request duration",
+            ["locality"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "zoe_ttft_seconds", "time to the first event", ["locality"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.tokens = Counter("zoe_tokens", "tokens by kind (prompt, completion, cached)", ["kind"], registry=r)
+        self.cached_prompt = Counter(
+            "zoe_prompt_cached_tokens", "prompt tokens reused from the model's prefix cache", registry=r
+        )
+        self.prefix_hits = Counter("zoe_prefix_hits", "requests that reused a cached prompt prefix", registry=r)
+        self.fallbacks = Counter("zoe_fallbacks", "targets passed over, by reason", ["reason"], registry=r)
+        self.cache = Counter("zoe_cache_requests", "response cache lookups by outcome", ["status"], registry=r)
+        self.cost = Counter("zoe_cost_usd", "cloud spend in US dollars", ["key"], registry=r)
+        self.rate_limited = Counter(
+            "zoe_rate_limited", "requests refused by a key's limits", ["key", "limit"], registry=r
+        )
+        self.swaps = Counter("zoe_swaps", "model loads into the slot", ["model"], registry=r)
+        self.load_duration = Histogram(
+            "zoe_load_duration_seconds", "model load (swap) duration", buckets=LOAD_BUCKETS, registry=r
+        )
+        Gauge("zoe_info", "build information", ["version"], registry=r).labels(__version__).set(1)
+
+    def watch(self, status: Callable[[], dict[str, Any]], ledger: Callable[[], dict[str, Any]] | None) -> None:
+        self.registry.register(_SupervisorCollector(status, ledger))
+
+    def observe(self, rec: UsageRecord) -> None:
+        route = rec.route or "-"
+        self.requests.labels(route, rec.target or "-", str(rec.status)).inc()
+        locality = rec.locality or "none"
+        self.duration.labels(locality).observe(rec.duration_ms / 1000)
+        if rec.ttft_ms is not None:
+            self.ttft.labels(locality).observe(rec.ttft_ms / 1000)
+        if rec.prompt_tokens:
+            self.tokens.labels("prompt").inc(rec.prompt_tokens)
+        if rec.completion_tokens:
+            self.tokens.labels("completion").inc(rec.completion_tokens)
+        if rec.cached_tokens > 0:
+            self.tokens.labels("cached").inc(rec.cached_tokens)
+            self.cached_prompt.inc(rec.cached_tokens)
+            self.prefix_hits.inc()
+        for skipped in rec.skipped:
+            self.fallbacks.labels(fallback_label(skipped)).inc()
+        if rec.cache is not None:
+            self.cache.labels(rec.cache).inc()
+        if rec.cost_usd > 0:
+            self.cost.labels(rec.key_id or "-").inc(rec.cost_usd)
+
+    def swapped(self, swap: dict[str, Any]) -> None:
+        self.swaps.labels(str(swap.get("to"))).inc()
+        self.load_duration.observe(float(swap.get("duration_ms") or 0.0) / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

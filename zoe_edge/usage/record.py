@@ -1,0 +1,102 @@
+"""The per-request record, filled along the way by the middleware, ``open_generation`` and the event stream."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from zoe_edge.canonical import Usage
+
+# the endpoints whose requests are generations (and get a ledger row even when they fail)
+GENERATION_PATHS = frozenset(
+    {"/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/api/chat", "/api/generate"}
+)
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    ts: float  # wall clock when the request arrived
+    started: float  # perf_counter at arrival, for durations
+    request_id: str
+    endpoint: str
+    key_id: str | None = None
+    requested: str | None = None  # the model name the client sent
+    route: str | None = None  # the model, alias or route it resolved to
+    target: str | None = None  # "local:<model>" or "<provider>:<model>"
+    locality: str | None = None  # "local" | "cloud" | "cache"
+    fallback_reason: str | None = None
+    cache: str | None = None  # "hit" | "miss" | "bypass"; None when the cache did not look
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_ms: float | None = None
+    duration_ms: float = 0.0
+    cost_usd: float = 0.0
+    status: int = 0
+    error: str | None = None
+    stream: bool = False
+    skipped: list[str] = field(default_factory=list)
+    done: bool = False  # sent to the sinks (exactly once)
+
+    def add_usage(self, usage: Usage) -> None:
+        self.prompt_tokens = usage.prompt_tokens
+        self.completion_tokens = usage.completion_tokens
+        self.cached_tokens = usage.cached_tokens
+
+
+COLUMNS = (
+    "ts",
+    "request_id",
+    "key_id",
+    "endpoint",
+    "requested",
+    "route",
+    "target",
+    "locality",
+    "fallback_reason",
+    "cache",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "ttft_ms",
+    "duration_ms",
+    "cost_usd",
+    "status",
+    "error",
+)
+
+
+def row(rec: UsageRecord) -> tuple[object, ...]:
+    return tuple(getattr(rec, c) for c in COLUMNS)
+
+
+_KNOWN_REASONS = (
+    "local model busy",
+    "local queue full",
+    "model does not fit",
+    "model file missing",
+    "model failed to load",
+    "worker crashed",
+    "worker timed out",
+    "thermal limit",
+    "daily cloud budget",
+    "provider not configured",
+    "provider disabled",
+    "provider cooling down",
+    "provider failed",
+    "provider unreachable",
+    "provider overloaded",
+    "provider timed out",
+    "provider rate-limited",
+)
+_ERROR_N = re.compile(r"\berror (\d{3})\b")
+
+
+def fallback_label(skipped: str) -> str:
+    """A low-cardinality metric label for one ``"target: why"`` skip (the why carries free text)."""
+    why = skipped.partition(": ")[2] or skipped
+    for known in _KNOWN_REASONS:
+        if known in why:
+            return known
+    match = _ERROR_N.search(why)
+    return f"error {match.group(1)}" if match else "other"
