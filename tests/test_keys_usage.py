@@ -51,6 +51,15 @@ def daemon(tmp_path: Path, smollm_path: Path, cloud: OpenAIFake) -> Iterator[Dae
     d.stop()
 
 
+@pytest.fixture()
+def cached_daemon(tmp_path: Path, smollm_path: Path, cloud: OpenAIFake) -> Iterator[Daemon]:
+    """The same daemon with the in-memory response cache on."""
+    registry = keyed_registry(tmp_path, smollm_path, cloud.url, cache={})
+    d = start_daemon(registry, tmp_path, env=keyed_env(), api_key=API_KEY)
+    yield d
+    d.stop()
+
+
 async def chat(d: Daemon, key: str | None, model: str, **extra: Any) -> httpx.Response:
     body = {"model": model, "messages": HI, "max_tokens": 4, **extra}
     async with httpx.AsyncClient(timeout=120) as client:
@@ -97,6 +106,11 @@ async def test_unknown_key_401_disallowed_alias_403_rpm_429(daemon: Daemon) -> N
     assert 1 <= int(r.headers["Retry-After"]) <= 60
     err = r.json()["error"]
     assert err["code"] == "rate_limit_exceeded" and "2 requests per minute" in err["message"]
+    # the Ollama front speaks the same rules in its own error shape (asked at once: the window is 60 s)
+    client = ollama.AsyncClient(host=daemon.url, headers=bearer(LIMITED_KEY))
+    with pytest.raises(ollama.ResponseError) as caught:
+        await client.chat(model="zoe-chat", messages=HI, options={"num_predict": 2})
+    assert caught.value.status_code == 429
     # tpm counts the tokens a request really used: the first passes and uses more than 20
     r = await chat(daemon, METERED_KEY, "zoe-chat")
     assert r.status_code == 200 and r.json()["usage"]["total_tokens"] > 20
@@ -106,11 +120,6 @@ async def test_unknown_key_401_disallowed_alias_403_rpm_429(daemon: Daemon) -> N
     # other keys are not affected; the file: key and the unrestricted ZOE_API_KEY work
     assert (await chat(daemon, FILE_KEY, "smol")).status_code == 200
     assert (await chat(daemon, API_KEY, "smol")).status_code == 200
-    # the Ollama front speaks the same rules in its own error shape
-    client = ollama.AsyncClient(host=daemon.url, headers=bearer(LIMITED_KEY))
-    with pytest.raises(ollama.ResponseError) as caught:
-        await client.chat(model="zoe-chat", messages=HI, options={"num_predict": 2})
-    assert caught.value.status_code == 429
 
 
 async def test_budget_exhausted_keeps_the_key_local(daemon: Daemon, cloud: OpenAIFake) -> None:
@@ -149,20 +158,21 @@ async def test_budget_exhausted_keeps_the_key_local(daemon: Daemon, cloud: OpenA
     assert (await get(daemon, "/metrics", None)).status_code == 401
 
 
-async def test_every_request_is_one_ledger_row(daemon: Daemon, cloud: OpenAIFake) -> None:
+async def test_every_request_is_one_ledger_row(cached_daemon: Daemon, cloud: OpenAIFake) -> None:
+    daemon = cached_daemon
     oa = openai.AsyncOpenAI(base_url=daemon.v1, api_key=HA_KEY, max_retries=0)
     sent: list[dict[str, Any]] = []
 
     # local, not streamed
     raw = await oa.chat.completions.with_raw_response.create(model="zoe-chat", messages=HI, max_tokens=4)
     sent.append({"target": "local:smol", "status": 200, "route": "zoe-chat", "id": raw.headers["x-request-id"]})
-    # local, streamed
+    # the same request streamed: the cache's answer, replayed as a stream
     async with oa.chat.completions.with_streaming_response.create(
         model="zoe-chat", messages=HI, max_tokens=4, stream=True
     ) as resp:
         async for _ in resp.iter_lines():
             pass
-        sent.append({"target": "local:smol", "status": 200, "route": "zoe-chat", "id": resp.headers["x-request-id"]})
+        sent.append({"target": "cache:smol", "status": 200, "route": "zoe-chat", "id": resp.headers["x-request-id"]})
     # cloud, not streamed and streamed
     raw = await oa.chat.completions.with_raw_response.create(model="cloud-first", messages=HI)
     sent.append({"target": "cloud:gpt-fake", "status": 200, "route": "cloud-first", "id": raw.headers["x-request-id"]})
@@ -201,12 +211,16 @@ async def test_every_request_is_one_ledger_row(daemon: Daemon, cloud: OpenAIFake
         if want["id"]:
             assert got["request_id"] == want["id"]
         assert got["duration_ms"] > 0 and got["ts"] > 0
-        assert got["cache"] is None  # no response cache looked at these
+    # deterministic local answers are looked up (miss, then hit); cloud answers at the default temperature are
+    # not; a request that fails before routing never reaches the cache
+    assert [r["cache"] for r in rows] == ["miss", "hit", "bypass", "bypass", "miss", None, None, None, "bypass"]
     ok = [r for r in rows if r["status"] == 200]
     for row in ok:
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
         assert row["ttft_ms"] is not None and 0 < row["ttft_ms"] <= row["duration_ms"]
-    assert [r["locality"] for r in ok] == ["local", "local", "cloud", "cloud", "local"]
+    assert [r["locality"] for r in ok] == ["local", "cache", "cloud", "cloud", "local"]
+    tokens = [(r["prompt_tokens"], r["completion_tokens"]) for r in rows[:2]]
+    assert tokens[0] == tokens[1]  # a hit reports the counts of the answer it replays
     assert [r["key_id"] for r in rows[:5]] == ["ha"] * 5
     assert rows[5]["key_id"] == "default" and rows[7]["key_id"] is None
     assert [r["cost_usd"] for r in ok] == [0, 0, pytest.approx(CLOUD_COST), pytest.approx(CLOUD_COST), 0]
@@ -216,7 +230,7 @@ async def test_every_request_is_one_ledger_row(daemon: Daemon, cloud: OpenAIFake
 
     by_key = (await get(daemon, "/admin/usage", ADMIN_KEY, group_by="key", since="1h")).json()["groups"]
     ha = next(g for g in by_key if g["key"] == "ha")
-    assert ha["requests"] == 5 and ha["cloud"] == 2 and ha["local"] == 3
+    assert ha["requests"] == 5 and ha["cloud"] == 2 and ha["local"] == 2 and ha["cache_hits"] == 1
     assert ha["cost_usd"] == pytest.approx(2 * CLOUD_COST)
     r = await get(daemon, "/admin/usage", ADMIN_KEY, group_by="colour")
     assert r.status_code == 400 and "group_by" in r.json()["error"]["message"]
