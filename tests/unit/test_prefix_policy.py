@@ -83,7 +83,14 @@ def test_prefix_budget_from_spare_memory() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(0, 0), (1024, 1024), ("256MB", 256_000_000), ("1GiB", 1024**3), ("64 mib", 64 * 1024**2), ("1.5GB", 1_500_000_000)],
+    [
+        (0, 0),
+        (1024, 1024),
+        ("256MB", 256_000_000),
+        ("1GiB", 1024**3),
+        ("64 mib", 64 * 1024**2),
+        ("1.5GB", 1_500_000_000),
+    ],
 )
 def test_parse_size(value: object, expected: int) -> None:
     assert parse_size(value) == expected
