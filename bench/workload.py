@@ -26,6 +26,7 @@ class Streamed:
     first_s: float  # client clock of the first and last content chunks
     last_s: float
     chunks: int
+    finish_reason: str | None = None
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -37,7 +38,12 @@ class Streamed:
 
 
 def stream_chat(
-    client: httpx.Client, base: str, messages: list[dict[str, str]], max_tokens: int, model: str = "m"
+    client: httpx.Client,
+    base: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    model: str = "m",
+    extra: dict[str, Any] | None = None,
 ) -> Streamed:
     """POST ``{base}/v1/chat/completions`` streamed at temperature 0; raises on a non-2xx answer."""
     body: dict[str, Any] = {
@@ -47,12 +53,14 @@ def stream_chat(
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **(extra or {}),
     }
     started = time.perf_counter()
     first = last = 0.0
     text: list[str] = []
     completion = cached = None
     chunks = 0
+    finish = None
     with client.stream("POST", base + "/v1/chat/completions", json=body, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -64,6 +72,7 @@ def stream_chat(
                 completion = usage.get("completion_tokens")
                 cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
             choices = chunk.get("choices") or []
+            finish = (choices[0].get("finish_reason") if choices else None) or finish
             content = choices[0].get("delta", {}).get("content") if choices else None
             if content:
                 now = time.perf_counter()
@@ -73,7 +82,9 @@ def stream_chat(
                 text.append(content)
     ended = time.perf_counter()
     first = first or ended
-    return Streamed(first - started, ended - started, "".join(text), completion, cached, first, last or first, chunks)
+    return Streamed(
+        first - started, ended - started, "".join(text), completion, cached, first, last or first, chunks, finish
+    )
 
 
 def ha_messages(turn: str, n_entities: int = 70) -> list[dict[str, str]]:
