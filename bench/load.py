@@ -6,8 +6,8 @@ full or the wait too long it must answer 503 with Retry-After). ``--clients`` cl
 each loop for ``--duration`` seconds over a mix of short chats and streams through both. Every
 answer is classified; anything other than 2xx, or a 429/503 carrying Retry-After, is an error
 (as is a stream that does not end with ``[DONE]``, a timeout or a broken connection). Once a
-second the daemon's RSS and open file descriptors are sampled (psutil); the first and the last
-``--window`` seconds are compared.
+second (from the end of the one-second ramp-up) the daemon's RSS and open file descriptors are
+sampled (psutil); the first and the last ``--window`` seconds are compared.
 
     .venv/bin/python bench/load.py [--clients 200] [--duration 60] [--quick] [--json OUT]
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
 import statistics
@@ -59,6 +60,9 @@ class FakeThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="cloud-fake", daemon=True)
 
     def __enter__(self) -> OpenAIFake:
+        # the daemon closes an upstream stream once it has read [DONE]; the fake's server then logs a
+        # traceback for the final chunk it could not write, which is noise here
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
         return self.fake
@@ -110,7 +114,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, rng: random.Rand
                 tally.error(f"{r.status}: {text[:200]}", time.perf_counter() - started)
                 return
             served = r.headers.get("x-zoe-served-by", "?")
-            where = "cloud" if ":" in served else "local"
+            where = "local" if served.startswith("local:") else "cloud"
             if stream:
                 done = False
                 async for raw in r.content:
@@ -144,6 +148,7 @@ async def client(url: str, seed: int, until: float, tally: Tally, session: aioht
 
 async def sample(pid: int, until: float, samples: list[tuple[float, int, int]]) -> None:
     proc = psutil.Process(pid)
+    await asyncio.sleep(1.0)  # the clients spread their start over the first second: sample under load
     start = time.monotonic()
     while time.monotonic() < until:
         try:
