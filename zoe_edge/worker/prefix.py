@@ -156,6 +156,8 @@ class PrefixCache:
     def _save(self, live: list[int]) -> None:
         ctx = self.llm.ctx
         started = time.perf_counter()
+        # cells past n_tokens (left by a prompt aborted mid-batch) are not part of what we track
+        self.llm._ctx.kv_cache_seq_rm(-1, len(live), -1)
         size = int(self._lib.llama_state_seq_get_size(ctx, 0))
         if size > self.budget_bytes:
             log.info("prefix cache: a %d-token snapshot (%d bytes) exceeds the budget; not kept", len(live), size)
