@@ -173,7 +173,7 @@ def main() -> int:
         if unknown:
             parser.error(f"unknown bench {', '.join(unknown)}; known: {', '.join(BENCHES)}")
     os.environ.setdefault("ZOE_STATE_DIR", str(REPO / ".state"))
-    when = dt.datetime.now(dt.UTC)
+    when = dt.datetime.now(dt.timezone.utc)
     with tempfile.TemporaryDirectory() as tmp:
         results = [run_one(name, args.quick, Path(tmp)) for name in names]
     section = render(results, machine(), args.quick, when)
