@@ -106,3 +106,18 @@ def test_model_entry_prefix_cache_setting() -> None:
     assert ModelEntry(file="x.gguf").prefix_cache is None
     assert ModelEntry(file="x.gguf", prefix_cache="256MB").prefix_cache == 256_000_000
     assert ModelEntry(file="x.gguf", prefix_cache=0).prefix_cache == 0
+
+
+def test_plan_carries_the_prefix_budget() -> None:
+    from tests.unit.test_planner import SMOLLM2, budget, plan
+
+    # orin-nano-8gb: 4984 MiB available, the plan totals 484.3 MiB, so ~4500 MiB spare; a quarter of
+    # that (~1125 MiB) is above 4 x the 4096-ctx KV (4 x 94,371,840 bytes), which therefore wins
+    p = plan(SMOLLM2, budget("orin-nano-8gb"))
+    assert p.prefix_cache_bytes == 4 * 94_371_840
+    assert p.as_dict()["prefix_cache_mb"] == 360.0
+    assert "4 x KV" in p.prefix_cache_reason
+    capped = plan(SMOLLM2, budget("orin-nano-8gb"), prefix_cache_cap=32 * MiB)
+    assert capped.prefix_cache_bytes == 32 * MiB
+    # a model that does not fit keeps nothing
+    assert plan(SMOLLM2, budget("orin-nano-8gb", reserve_mb=100_000)).prefix_cache_bytes == 0
