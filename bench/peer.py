@@ -6,7 +6,8 @@ Both serve the same SmolLM2 file with the same n_ctx, n_batch and threads, one s
 1. streaming: the same long-answer prompt ``--reps`` times, ``--max-tokens`` each; generation
    tokens/s at the client ((tokens - 1) / (last chunk - first chunk)) and time to first token;
 2. Home Assistant interleaved: A, B, A', B', A'', ... (the ~2k-token HA system prompt with a
-   different voice command each time, then an unrelated short chat); mean TTFT of every request.
+   different voice command each time, then an unrelated short chat); mean TTFT of every request
+   after one such pair that is not counted (steady state: HA has been talking to the server).
 
 ``llama_cpp.server`` needs the ``[bench]`` extra (``pip install -e '.[bench]'``); it runs with its
 defaults (no ``--cache``): like ``Llama`` itself it reuses only the previous request's prefix.
@@ -117,6 +118,9 @@ def interleaved(url: str, pairs: int, max_tokens: int, extra: dict[str, Any] | N
     turns = ha.user_turns()
     out = []
     with httpx.Client() as client:
+        # steady state, as in a home where Assist has been used before: one pair first, not counted
+        stream_chat(client, url, ha_messages(turns[-1]), max_tokens, extra=extra)
+        stream_chat(client, url, [{"role": "user", "content": OTHER_PROMPTS[-1]}], max_tokens, extra=extra)
         for i in range(pairs):
             a = ha_messages(turns[i % len(turns)])
             b = [{"role": "user", "content": OTHER_PROMPTS[i % len(OTHER_PROMPTS)]}]
