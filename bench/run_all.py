@@ -135,9 +135,9 @@ def render(results: list[dict[str, Any]], info: dict[str, str], quick: bool, whe
         for t in r.get("targets", []):
             unit = f" {t['unit']}" if t.get("unit") and t["unit"] != "ratio" else ""
             verdict = "MET" if t["met"] else "**MISSED**"
-            out.append(
-                f"| {r['bench']} | {t['name']} | {t['target']}{unit} | {_fmt(t['measured'])}{unit} | {verdict} |"
-            )
+            # a target that names its unit ("< 1 ms") does not get it twice
+            required = t["target"] if unit and str(t["target"]).endswith(unit.strip()) else f"{t['target']}{unit}"
+            out.append(f"| {r['bench']} | {t['name']} | {required} | {_fmt(t['measured'])}{unit} | {verdict} |")
     for r in results:
         out += ["", f"### {r.get('title') or r['bench']}", ""]
         if "skipped" in r:
