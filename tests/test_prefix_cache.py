@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import Daemon, smollm_entry, start_daemon, write_registry
 from zoe_edge.bench import ha
-from zoe_edge.canonical import GenerationRequest, Message
+from zoe_edge.canonical import Finish, GenerationRequest, Message
 from zoe_edge.worker.prefix import common_prefix
 
 N_CTX = 4096
@@ -116,3 +116,49 @@ def test_ollama_prompt_eval_count_counts_only_evaluated_tokens(
     assert reply["prompt_eval_count"] == 1, reply
     stats = cached_daemon.status()["slot"]["prefix_cache"]
     assert stats["restores"] >= 2, stats
+
+
+def test_eviction_never_drops_the_snapshot_being_restored(smollm_path: Path) -> None:
+    """In the worker's engine with a budget of one snapshot: A, B, C (another long prompt), A', C'.
+
+    At A' the live C would be saved while A is restored: with no room for both, C is not kept
+    (A must survive). At C' nothing is restored and the live A' is saved by evicting A.
+    """
+    from zoe_edge.worker.engine import Engine
+    from zoe_edge.worker.protocol import LoadSpec
+
+    def req(messages: list[dict[str, str]]) -> GenerationRequest:
+        return GenerationRequest(
+            model="m",
+            messages=[Message(role=m["role"], content=m["content"]) for m in messages],
+            max_tokens=4,
+            sampling={"temperature": 0.0},
+        )
+
+    def run(engine: Engine, messages: list[dict[str, str]]) -> int:
+        finish = [e for e in engine.generate(req(messages), lambda: False) if isinstance(e, Finish)]
+        return finish[0].usage.cached_tokens
+
+    small = ha.system_prompt(20)  # ~600 tokens keeps this quick
+    a = [{"role": "system", "content": small}, {"role": "user", "content": "Turn on the hall lamp."}]
+    a2 = [{"role": "system", "content": small}, {"role": "user", "content": "Is the porch lock locked?"}]
+    other = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(40))
+    c = [{"role": "system", "content": other}, {"role": "user", "content": "Summarise."}]
+    c2 = [{"role": "system", "content": other}, {"role": "user", "content": "Shorter."}]
+    spec = LoadSpec(name="m", path=str(smollm_path), n_ctx=2048, n_batch=512, n_threads=2, n_gpu_layers=0)
+    engine = Engine(spec.model_copy(update={"prefix_cache_bytes": 1 << 40}))
+    try:
+        cache = engine.prefix_cache
+        run(engine, a)
+        run(engine, B)
+        assert cache.saves == 1
+        cache.budget_bytes = cache.bytes_used + 1_000_000  # room for A's snapshot only
+        run(engine, c)
+        shared = common_prefix(engine.prompt_tokens(req(a))[0], engine.prompt_tokens(req(a2))[0])
+        assert run(engine, a2) == shared
+        assert cache.restores == 1 and cache.saves == 1 and cache.stats()["snapshots"] == 1
+        run(engine, c2)  # C was not kept: evaluated from scratch, while A' is saved in A's place
+        assert cache.saves == 2 and cache.evictions == 1 and cache.stats()["snapshots"] == 1
+        assert cache.bytes_used <= cache.budget_bytes
+    finally:
+        engine.close()

@@ -142,7 +142,7 @@ class PrefixCache:
             live, self.live_prompt_len, prompt, {k: s.tokens for k, s in self._snapshots.items()}, self.min_tokens
         )
         if decision.save:
-            self._save(live)
+            self._save(live, keep=decision.restore)
         if decision.restore is not None:
             self._restore(decision.restore)
         elif decision.save or decision.restore_shared:
@@ -153,16 +153,16 @@ class PrefixCache:
         """The live KV now starts with a prompt of ``n_tokens`` (set after each request)."""
         self.live_prompt_len = n_tokens
 
-    def _save(self, live: list[int]) -> None:
+    def _save(self, live: list[int], keep: int | None = None) -> None:
+        """Snapshot the live KV; ``keep`` is the snapshot about to be restored, never evicted for this one."""
         ctx = self.llm.ctx
         started = time.perf_counter()
         # cells past n_tokens (left by a prompt aborted mid-batch) are not part of what we track
         self.llm._ctx.kv_cache_seq_rm(-1, len(live), -1)
         size = int(self._lib.llama_state_seq_get_size(ctx, 0))
-        if size > self.budget_bytes:
-            log.info("prefix cache: a %d-token snapshot (%d bytes) exceeds the budget; not kept", len(live), size)
+        if not self._make_room(size, keep):
+            log.info("prefix cache: no room for a %d-token snapshot (%d bytes); not kept", len(live), size)
             return
-        self._make_room(size)
         data = (ctypes.c_uint8 * size)()
         written = int(self._lib.llama_state_seq_get_data(ctx, data, size, 0))
         if written <= 0:
@@ -171,7 +171,9 @@ class PrefixCache:
             return
         key, self._next_key = self._next_key, self._next_key + 1
         # a snapshot whose tokens the new one extends adds nothing
-        for old_key in [k for k, s in self._snapshots.items() if common_prefix(s.tokens, live) == len(s.tokens)]:
+        for old_key in [
+            k for k, s in self._snapshots.items() if k != keep and common_prefix(s.tokens, live) == len(s.tokens)
+        ]:
             del self._snapshots[old_key]
         self._snapshots[key] = Snapshot(tuple(live), min(self.live_prompt_len, len(live)), data, written)
         self.saves += 1
@@ -186,10 +188,18 @@ class PrefixCache:
             self.budget_bytes / 1e6,
         )
 
-    def _make_room(self, size: int) -> None:
-        while self._snapshots and self.bytes_used + size > self.budget_bytes:
-            self._snapshots.popitem(last=False)
-            self.evictions += 1
+    def _make_room(self, size: int, keep: int | None) -> bool:
+        """Evict least recently used snapshots (never ``keep``) until ``size`` more bytes fit."""
+        reserved = self._snapshots[keep].size if keep is not None else 0
+        if size + reserved > self.budget_bytes:
+            return False
+        for key in list(self._snapshots):
+            if self.bytes_used + size <= self.budget_bytes:
+                break
+            if key != keep:
+                del self._snapshots[key]
+                self.evictions += 1
+        return True
 
     def _restore(self, key: int) -> None:
         snap = self._snapshots[key]
