@@ -62,7 +62,9 @@ def stream_chat(
     chunks = 0
     finish = None
     with client.stream("POST", base + "/v1/chat/completions", json=body, timeout=600) as r:
-        r.raise_for_status()
+        if r.status_code // 100 != 2:
+            r.read()
+            raise SystemExit(f"{base} answered {r.status_code}: {r.text[:500]}")
         for line in r.iter_lines():
             if not line.startswith("data: {"):
                 continue
