@@ -5,7 +5,7 @@ end to end (drain, end the SmolLM2 process, load Gemma in the spare, answer). Co
 new Python process that imports llama_cpp and constructs ``Llama`` on the same file with the same
 context, batch and threads; we time from spawn to "loaded". Repetitions alternate.
 
-    .venv/bin/python bench/swap.py [--reps 7]
+    .venv/bin/python bench/swap.py [--reps 7] [--quick] [--json OUT]
 
 Target: daemon / cold <= 1.25.
 """
@@ -26,6 +26,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import Report, add_arguments  # noqa: E402
 from tests.conftest import Daemon, smollm_entry, start_daemon, write_registry  # noqa: E402
 from zoe_edge.registry import ensure_model_file, load_registry  # noqa: E402
 
@@ -88,7 +89,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--no-spare", action="store_true", help="turn the pre-spawned spare worker off (ablation)")
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.reps = 2
+    report = Report("swap", "Swap SmolLM2 -> Gemma through the daemon vs a cold load of Gemma")
 
     state = Path(os.environ.setdefault("ZOE_STATE_DIR", str(REPO / ".state")))
     registry = load_registry(REPO / "models.yaml")
@@ -112,10 +117,9 @@ def main() -> int:
                 swap, recorded = daemon_swap(d, not args.no_spare)
                 cold = cold_load(gemma, args.threads)
                 rows.append((swap, cold))
-                print(
+                report.line(
                     f"rep {rep + 1}: daemon swap {swap * 1000:6.0f} ms (recorded {recorded * 1000:5.0f} ms)   "
-                    f"cold load {cold * 1000:6.0f} ms   ratio {swap / cold:.3f}",
-                    flush=True,
+                    f"cold load {cold * 1000:6.0f} ms   ratio {swap / cold:.3f}"
                 )
         finally:
             d.stop()
@@ -123,16 +127,25 @@ def main() -> int:
     swap_med = statistics.median(r[0] for r in rows)
     cold_med = statistics.median(r[1] for r in rows)
     ratio = swap_med / cold_med
-    print()
-    print(
+    report.line()
+    report.line(
         f"{gemma.name}: n_ctx {N_CTX}, n_batch {N_BATCH}, threads {args.threads}, {args.reps} reps, "
         f"spare worker {'off' if args.no_spare else 'on'}"
     )
-    print(
+    report.line(
         f"median: daemon swap smol->gemma {swap_med * 1000:.0f} ms, cold load in a fresh process "
         f"{cold_med * 1000:.0f} ms"
     )
-    print(f"ratio daemon/cold: {ratio:.3f}; target <= 1.25: {'MET' if ratio <= 1.25 else 'MISSED'}")
+    met = report.target("swap daemon / cold load", "<= 1.25", ratio, "ratio")
+    report.line(f"ratio daemon/cold: {ratio:.3f}; target <= 1.25: {report.verdict(met)}")
+    report.data = {
+        "reps": args.reps,
+        "threads": args.threads,
+        "spare_worker": not args.no_spare,
+        "daemon_swap_ms": [round(r[0] * 1000, 1) for r in rows],
+        "cold_load_ms": [round(r[1] * 1000, 1) for r in rows],
+    }
+    report.write(args.json)
     return 0
 
 

@@ -6,7 +6,7 @@ both alike. Generation tokens/s is measured at the client: (tokens - 1) / (last 
 so prompt processing is excluded and the daemon pays for everything between the model and the
 client (IPC, JSON, SSE, HTTP).
 
-    .venv/bin/python bench/throughput.py [--reps 7] [--max-tokens 256] [--stream-interval-ms 20]
+    .venv/bin/python bench/throughput.py [--reps 7] [--max-tokens 256] [--stream-interval-ms 20] [--quick] [--json OUT]
 
 Target: daemon / direct >= 0.97.
 """
@@ -28,6 +28,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import Report, add_arguments  # noqa: E402
 from tests.conftest import smollm_entry, start_daemon, write_registry  # noqa: E402
 from zoe_edge.registry import ensure_model_file, load_registry  # noqa: E402
 
@@ -94,7 +95,11 @@ def main() -> int:
         default=20.0,
         help="the daemon's token coalescing interval (0 = one SSE chunk per token)",
     )
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.reps, args.max_tokens = 2, 64
+    report = Report("throughput", "Streamed generation through the daemon vs llama-cpp-python in-process")
 
     from llama_cpp import Llama
     from llama_cpp import __version__ as llama_version
@@ -131,10 +136,9 @@ def main() -> int:
                 d = daemon_run(daemon.url, args.max_tokens)
                 p = direct_run(llm, args.max_tokens)
                 rows.append((d, p))
-                print(
+                report.line(
                     f"rep {rep + 1}: daemon {d[1]:6.1f} tok/s ({d[2]} tokens, ttft {d[0] * 1000:5.0f} ms)   "
-                    f"direct {p[1]:6.1f} tok/s (ttft {p[0] * 1000:5.0f} ms)",
-                    flush=True,
+                    f"direct {p[1]:6.1f} tok/s (ttft {p[0] * 1000:5.0f} ms)"
                 )
         finally:
             daemon.stop()
@@ -142,18 +146,29 @@ def main() -> int:
     d_med = statistics.median(r[0][1] for r in rows)
     p_med = statistics.median(r[1][1] for r in rows)
     ratios = [r[0][1] / r[1][1] for r in rows]
-    print()
-    print(
+    report.line()
+    report.line(
         f"model {path.name}, threads {args.threads}, n_ctx {n_ctx}, max_tokens {args.max_tokens}, "
         f"greedy, {args.reps} reps, stream interval {args.stream_interval_ms:g} ms; "
         f"llama-cpp-python {llama_version}; {platform.machine()}, {os.cpu_count()} cpus"
     )
-    print(f"median generation: daemon {d_med:.1f} tok/s, direct {p_med:.1f} tok/s")
-    print(
+    report.line(f"median generation: daemon {d_med:.1f} tok/s, direct {p_med:.1f} tok/s")
+    met = report.target("generation tok/s daemon / direct", ">= 0.97", d_med / p_med, "ratio")
+    report.line(
         f"ratio daemon/direct (median of medians): {d_med / p_med:.3f}  "
         f"(per-rep ratios {min(ratios):.3f}..{max(ratios):.3f}); target >= 0.97: "
-        f"{'MET' if d_med / p_med >= 0.97 else 'MISSED'}"
+        f"{report.verdict(met)}"
     )
+    report.data = {
+        "reps": args.reps,
+        "max_tokens": args.max_tokens,
+        "threads": args.threads,
+        "daemon_tok_s": [round(r[0][1], 2) for r in rows],
+        "direct_tok_s": [round(r[1][1], 2) for r in rows],
+        "daemon_ttft_ms": [round(r[0][0] * 1000, 1) for r in rows],
+        "direct_ttft_ms": [round(r[1][0] * 1000, 1) for r in rows],
+    }
+    report.write(args.json)
     return 0
 
 

@@ -34,6 +34,23 @@ from zoe_edge.worker.templates import bundled_formats
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``268435456``, ``"256MB"``, ``"1GiB"``; ``0`` means none."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a size such as '256MB' or 0, got {value!r}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"expected a size >= 0, got {value!r}")
+        return int(value)
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"expected a size such as '256MB', '1GiB' or 0, got {value!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
 def parse_duration(value: Any) -> float | None:
@@ -73,6 +90,14 @@ class ModelEntry(BaseModel):
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, top_k=40, min_p=0.05))
     ttl: float | None = 300.0
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    # cap on the KV snapshots of long prompt prefixes (bytes or "256MB"; 0 turns them off);
+    # unset: the planner sizes it from the memory the model leaves spare
+    prefix_cache: int | None = None
+
+    @field_validator("prefix_cache", mode="before")
+    @classmethod
+    def _prefix_cache(cls, value: Any) -> int | None:
+        return None if value is None else parse_size(value)
 
     @field_validator("ttl", mode="before")
     @classmethod

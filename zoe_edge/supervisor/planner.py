@@ -78,6 +78,9 @@ class Plan:
     total_bytes: int
     available_bytes: int
     reason: str
+    # KV snapshots of long prompt prefixes kept in the worker (see zoe_edge.worker.prefix)
+    prefix_cache_bytes: int = 0
+    prefix_cache_reason: str = ""
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -112,6 +115,7 @@ def plan_model(
     gpu_layers: int | Literal["auto"],
     budget: Budget,
     cache_type: KVCacheType = "f16",
+    prefix_cache_cap: int | None = None,
 ) -> Plan:
     """Decide whether ``name`` fits ``budget`` and how many layers go to the GPU."""
     profile = budget.profile
@@ -129,7 +133,41 @@ def plan_model(
     )
 
     fits, layers, why = _decide(profile, budget, shape, weights + kv, compute + overhead, total, ram, cap)
-    return Plan(name, fits, layers, weights, kv, compute, overhead, total, ram, f"{why}: {breakdown}")
+    # snapshots are host memory: on a discrete GPU only the layers left on the CPU compete for it
+    on_gpu = layers / all_layers if profile.kind == "discrete-gpu" else 0.0
+    in_ram = int((weights + kv) * (1 - on_gpu)) + overhead + (0 if on_gpu else compute)
+    prefix, prefix_why = plan_prefix_cache(fits, ram - in_ram, kv, prefix_cache_cap)
+    return Plan(
+        name, fits, layers, weights, kv, compute, overhead, total, ram, f"{why}: {breakdown}", prefix, prefix_why
+    )
+
+
+PREFIX_SPARE_SHARE = 4  # snapshots may take a quarter of the RAM the model leaves spare
+PREFIX_KV_MULTIPLE = 4  # and at most four full-context KV caches' worth
+
+
+def plan_prefix_cache(fits: bool, spare: int, kv_full: int, cap: int | None) -> tuple[int, str]:
+    """Bytes of prompt-prefix KV snapshots the worker may keep, and why that many.
+
+    Snapshots live in the worker's RAM (llama.cpp copies the KV cells to host memory), so they
+    are paid from what the plan leaves spare; a 2k-token Home Assistant prompt takes half of a
+    4k-context KV cache, so four full caches hold several distinct long prompts.
+    """
+    if cap == 0:
+        return 0, "prefix cache off (prefix_cache: 0 in models.yaml)"
+    if not fits:
+        return 0, "prefix cache off: the model does not fit"
+    share = max(0, spare) // PREFIX_SPARE_SHARE
+    derived = min(share, PREFIX_KV_MULTIPLE * kv_full)
+    why = (
+        f"min(1/{PREFIX_SPARE_SHARE} of {_mb(max(0, spare))} spare = {_mb(share)}, "
+        f"{PREFIX_KV_MULTIPLE} x KV {_mb(kv_full)} = {_mb(PREFIX_KV_MULTIPLE * kv_full)})"
+    )
+    if cap is not None and cap < derived:
+        return cap, f"prefix cache {_mb(cap)}: the models.yaml cap, below {why}"
+    if derived == 0:
+        return 0, f"prefix cache off: no spare memory ({why})"
+    return derived, f"prefix cache {_mb(derived)} = {why}"
 
 
 def _decide(
@@ -180,4 +218,5 @@ def plan_entry(name: str, entry: ModelEntry, info: GGUFInfo, budget: Budget) -> 
         gpu_layers=entry.gpu_layers,
         budget=budget,
         cache_type=entry.kv_cache_type,
+        prefix_cache_cap=entry.prefix_cache,
     )

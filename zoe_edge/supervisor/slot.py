@@ -58,7 +58,7 @@ def default_threads() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def load_spec(name: str, entry: ModelEntry, path: Path, gpu_layers: int) -> LoadSpec:
+def load_spec(name: str, entry: ModelEntry, path: Path, gpu_layers: int, prefix_cache_bytes: int = 0) -> LoadSpec:
     return LoadSpec(
         name=name,
         path=str(path),
@@ -69,6 +69,7 @@ def load_spec(name: str, entry: ModelEntry, path: Path, gpu_layers: int) -> Load
         chat_format=entry.chat_format,
         kv_cache_type=entry.kv_cache_type,
         tool_format=entry.tool_format,
+        prefix_cache_bytes=prefix_cache_bytes,
     )
 
 
@@ -461,7 +462,7 @@ class Supervisor:
         await self._stop_worker(f"swap to {model!r}")
         self.state, self.model, self.since, self.plan = SlotState.LOADING, model, time.time(), plan
         path = self.model_file(model)
-        spec = load_spec(model, self.registry.models[model], path, plan.gpu_layers)
+        spec = load_spec(model, self.registry.models[model], path, plan.gpu_layers, plan.prefix_cache_bytes)
         worker = await self._take_spare(model)
         try:
             info = await worker.load(spec, self.settings.load_timeout_s)
@@ -590,6 +591,7 @@ class Supervisor:
                 "busy_with": self._busy_with,
                 "idle_unload_in_s": None if (d := self._idle_deadline()) is None else round(d - now, 1),
                 "spare_worker": self._spare.pid if self._spare and self._spare.alive else None,
+                "prefix_cache": worker.prefix_cache if worker else None,
             },
             "queue": {"length": len(self._queue), "by_model": self.queue_by_model()},
             "swaps": list(self.swaps),

@@ -47,6 +47,7 @@ class WorkerProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.info: ModelInfo | None = None
+        self.prefix_cache: dict[str, Any] | None = None  # the worker's figures after its last request
 
     @property
     def pid(self) -> int | None:
@@ -173,6 +174,8 @@ class WorkerProcess:
                     log.error("%s %s in the middle of a generation", self.label, how)
                     yield ErrorEvent(f"the model worker {how} during generation", "worker_crashed", 503)
                     return
+                if frame.get("t") == "finish" and isinstance(frame.get("prefix_cache"), dict):
+                    self.prefix_cache = frame["prefix_cache"]
                 event = event_from_wire(frame)
                 yield event
                 if isinstance(event, Finish | ErrorEvent):

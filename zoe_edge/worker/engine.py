@@ -32,6 +32,7 @@ from zoe_edge.canonical import (
 )
 from zoe_edge.worker import tools
 from zoe_edge.worker.grammar import UnsupportedSchema, schema_grammar
+from zoe_edge.worker.prefix import PrefixCache
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
 from zoe_edge.worker.templates import bundled_template
 
@@ -150,6 +151,7 @@ class Engine:
         atexit.register(self.close)
         self._formatter, self.template_source, template = self._make_formatter(spec.chat_format)
         self._vocab = self.llm._model.vocab
+        self.prefix_cache = PrefixCache(self.llm, spec.prefix_cache_bytes, spec.prefix_cache_min_tokens)
         try:
             self.tool_setup = tools.resolve_setup(spec.tool_format, template)
         except Exception as exc:  # a template jinja cannot even parse still serves plain chat
@@ -305,8 +307,10 @@ class Engine:
         max_tokens = min(req.max_tokens or room, room)
         s = req.sampling
         self.llm.set_seed(s.seed if s.seed is not None else self._llama_cpp.LLAMA_DEFAULT_SEED)
+        started = time.perf_counter()  # a snapshot save or restore counts as prompt time
+        self.prefix_cache.prepare(tokens)
+        self.prefix_cache.note_prompt(len(tokens))
         cached = self._cached_prefix(tokens)
-        started = time.perf_counter()
 
         def finish(reason: FinishReason, produced: int, first_token_at: float | None) -> Finish:
             ended = time.perf_counter()

@@ -170,7 +170,11 @@ class Worker:
             for event in coalesce(self.engine.generate(req, cancel.is_set), interval):
                 if isinstance(event, Finish) and event.reason == "cancelled":
                     log.info("generation cancelled by the daemon after %d tokens", event.usage.completion_tokens)
-                if not self._send(conn, event_to_wire(event)):
+                wire = event_to_wire(event)
+                if isinstance(event, Finish):
+                    # the supervisor keeps the latest figures for /admin/status
+                    wire["prefix_cache"] = self.engine.prefix_cache.stats()
+                if not self._send(conn, wire):
                     cancel.set()
                     break
         except Exception as exc:

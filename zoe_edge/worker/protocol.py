@@ -38,6 +38,10 @@ class LoadSpec(BaseModel):
     chat_format: str = "auto"
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     tool_format: str = "auto"
+    # KV snapshots of long prompt prefixes kept across interleaved requests (0 turns them off);
+    # the supervisor's plan sizes it from the memory the model leaves spare
+    prefix_cache_bytes: int = Field(default=0, ge=0)
+    prefix_cache_min_tokens: int = Field(default=256, ge=1)
 
 
 class ModelInfo(BaseModel):
