@@ -59,6 +59,12 @@ class PayloadTooLarge(ZoeError):
     code = "request_too_large"
 
 
+class RequestTimeout(ZoeError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class TooManyRequests(ZoeError):
     status = 429
     type = "rate_limit_error"

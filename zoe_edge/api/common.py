@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
@@ -20,7 +21,15 @@ from zoe_edge.cache.config import CacheControls
 from zoe_edge.cache.service import ResponseCache
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
-from zoe_edge.errors import Forbidden, InvalidRequest, NotImplementedHere, PayloadTooLarge, TooManyRequests, ZoeError
+from zoe_edge.errors import (
+    Forbidden,
+    InvalidRequest,
+    NotImplementedHere,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
+    ZoeError,
+)
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
 from zoe_edge.routing.routes import plan_request
@@ -123,9 +132,13 @@ log = logging.getLogger("zoe_edge.api")
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 413 over the configured size, 400 when it is not JSON."""
+    """The request body as JSON; 413 over the configured size, 408 when it trickles in too slowly, 400 when
+    it is not JSON."""
+    limit = request.app[SETTINGS].body_timeout_s
     try:
-        raw = await request.read()
+        raw = await asyncio.wait_for(request.read(), limit)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {limit:g} s", code="request_timeout") from None
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(
             f"request body is larger than the {request.app[SETTINGS].max_body_bytes} byte limit",
