@@ -9,8 +9,10 @@ import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
 
+import yaml
 from aiohttp import web
 
 from zoe_edge import __version__
@@ -76,6 +78,12 @@ def ledger_path(settings: Settings, registry: Registry) -> Path:
         path = Path(os.path.expanduser(registry.usage.path))
         return path if path.is_absolute() else settings.registry_path.resolve().parent / path
     return settings.state_dir / "usage.sqlite3"
+# the daemon's own API description, read once: the routes it documents are the routes build_app adds
+OPENAPI = yaml.safe_load(resources.files("zoe_edge.api").joinpath("openapi.yaml").read_text(encoding="utf-8"))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
 
 
 def build_app(settings: Settings, registry: Registry) -> web.Application:
@@ -105,6 +113,7 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
             log.info("provider %s is disabled: %s", name, why)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/openapi.json", openapi)
     openai.add_routes(app)
     ollama.add_routes(app)
     admin.add_routes(app)

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -147,11 +148,25 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise InvalidRequest("request body is empty; send a JSON object", code="invalid_json")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except UnicodeDecodeError:
         raise InvalidRequest("request body is not valid UTF-8", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    # JSON may escape a lone UTF-16 surrogate ("\ud800") that no UTF-8 text can hold: refused here, or it
+    # would fail later where the prompt is encoded for the worker (a 500). Checked only when one may be there.
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(
+                "request body is not valid text: it escapes a lone UTF-16 surrogate (\\ud800-\\udfff)",
+                code="invalid_json",
+            ) from None
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 async def no_embeddings(request: web.Request) -> web.Response:
