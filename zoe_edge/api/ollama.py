@@ -450,8 +450,8 @@ async def _generate(request: web.Request, kind: Literal["chat", "generate"]) -> 
         canonical = body.to_canonical().model_copy(update={"model": name})
     except ValidationError as exc:
         # a combination the canonical request refuses (format with tools): the client's mistake, a 400
-        first = exc.errors(include_url=False)[0]
-        raise InvalidRequest(first["msg"].removeprefix("Value error, "), code="invalid_value") from None
+        problem = exc.errors(include_url=False)[0]["msg"]
+        raise InvalidRequest(problem.removeprefix("Value error, "), code="invalid_value") from None
     given, seconds = body.keep_alive_seconds()
     dispatched = await open_generation(request, name, canonical, body.cache)
     if given and dispatched.served_by.local:
