@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import signal
@@ -174,6 +175,14 @@ def drain_daemon(tmp_path: Path, smollm_path: Path) -> Daemon:
     d.stop()
 
 
+def read_telemetry_stream(d: Daemon) -> None:
+    with contextlib.suppress(httpx.TransportError), httpx.stream(
+        "GET", d.url + "/api/telemetry/stream", timeout=60
+    ) as r:
+        for _ in r.iter_lines():
+            pass
+
+
 def test_sigterm_finishes_in_flight_streams_and_turns_new_requests_away(drain_daemon: Daemon) -> None:
     d = drain_daemon
     assert_serves(d)
@@ -183,6 +192,9 @@ def test_sigterm_finishes_in_flight_streams_and_turns_new_requests_away(drain_da
     def late_request() -> None:
         refused.append(httpx.post(d.v1 + "/chat/completions", json=SHORT, timeout=30))
 
+    # an open dashboard: its endless telemetry stream must not hold the shutdown for the drain timeout
+    dashboard = threading.Thread(target=read_telemetry_stream, args=(d,), daemon=True)
+    dashboard.start()
     with httpx.stream("POST", d.v1 + "/chat/completions", json={**STORY, "max_tokens": 40}, timeout=60) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
@@ -198,7 +210,10 @@ def test_sigterm_finishes_in_flight_streams_and_turns_new_requests_away(drain_da
     assert refused and refused[0].status_code == 503, refused and refused[0].text
     err = refused[0].json()["error"]
     assert err["code"] == "shutting_down" and int(refused[0].headers["Retry-After"]) >= 1
+    finished = time.monotonic()
     assert d.proc.wait(30) == 0
+    assert time.monotonic() - finished < 10, "the shutdown waited on the telemetry stream"
+    dashboard.join(5)
 
 
 def test_sigterm_drain_timeout_cuts_what_is_left_and_exits_0(tmp_path: Path, smollm_path: Path) -> None:

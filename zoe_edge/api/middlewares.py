@@ -226,6 +226,8 @@ class Drain:
 
 
 DRAIN = web.AppKey("drain", Drain)
+# streams that never finish by themselves (the dashboard's live telemetry)
+ENDLESS_PATHS = frozenset({"/api/telemetry/stream"})
 
 
 @web.middleware
@@ -235,6 +237,9 @@ async def drain_guard(request: web.Request, handler: Handler) -> web.StreamRespo
     drain = request.app[DRAIN]
     if drain.draining:
         raise ServiceUnavailable("the daemon is shutting down; retry shortly", code="shutting_down", retry_after=5)
+    if request.path in ENDLESS_PATHS:
+        # nothing to wait for: the server's on_shutdown ends these streams
+        return await handler(request)
     drain.enter()
     try:
         return await handler(request)
