@@ -121,6 +121,7 @@ def lone_daemon(tmp_path: Path, smollm_path: Path) -> Iterator[Daemon]:
     d.stop()
 
 
+@pytest.mark.timeout(900)  # each kill costs a respawn and a load: minutes on a busy CPU
 def test_worker_sigkill_at_random_phases(lone_daemon: Daemon) -> None:
     """20 SIGKILLs at seeded random phases and moments: every client hears something true, the next
     request is served, and nothing leaks: no zombie, no orphaned worker, no file descriptor."""
@@ -152,7 +153,7 @@ def test_worker_sigkill_at_random_phases(lone_daemon: Daemon) -> None:
 def test_wedged_worker_is_detected_killed_and_replaced(tmp_path: Path, smollm_path: Path) -> None:
     """A worker that stops answering without dying (SIGSTOP) is caught by the stall timeout."""
     registry = write_registry(tmp_path, {"smollm2-135m": smollm_entry(smollm_path)}, {"zoe-chat": "smollm2-135m"})
-    d = start_daemon(registry, tmp_path, "--stall-timeout", "10")
+    d = start_daemon(registry, tmp_path, "--stall-timeout", "20")
     try:
         assert_serves(d)  # warm: the first generation's set-up is not mistaken for a wedge
         pid = d.worker_pid()
@@ -164,8 +165,8 @@ def test_wedged_worker_is_detected_killed_and_replaced(tmp_path: Path, smollm_pa
             outcome = stream_outcome(r, lambda n: os.kill(pid, signal.SIGSTOP) if n == 2 else None)
         injected()
         assert outcome == "error-event"
-        assert time.monotonic() - started < 30
-        assert "sent nothing for 10 s; killing it" in d.log()
+        assert time.monotonic() - started < 45
+        assert "sent nothing for 20 s; killing it" in d.log()
         assert_serves(d)
         assert d.worker_pid() != pid
         assert zombies(d) == []
