@@ -22,6 +22,8 @@ import yaml
 from zoe_edge.registry import ensure_model_file, load_registry
 
 REPO = Path(__file__).resolve().parents[1]
+# prints "reliability suite: N faults injected, M fuzz cases run, K failures" after every run
+pytest_plugins = ["tests.faults.summary"]
 
 
 def state_dir() -> Path:

@@ -83,6 +83,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("ZOE_USAGE_DB"),
         help="usage ledger SQLite file (default: the registry's usage.path, else <state-dir>/usage.sqlite3)",
     )
+    serve.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=_env("ZOE_STALL_TIMEOUT_S") or "120",
+        help="a worker silent this long mid-generation is wedged: killed and replaced (default: 120)",
+    )
+    serve.add_argument(
+        "--crash-loop-limit",
+        type=int,
+        default=_env("ZOE_CRASH_LOOP_LIMIT") or "3",
+        help="worker deaths of one model within 60 s before its loads back off (default: 3)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=_env("ZOE_DRAIN_TIMEOUT_S") or "30",
+        help="on SIGTERM, seconds in-flight requests get to finish while new ones get 503 (default: 30)",
+    )
+    serve.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=_env("ZOE_KEEPALIVE_TIMEOUT_S") or "75",
+        help="close a connection that sends no complete request for this long (default: 75)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=_env("ZOE_BODY_TIMEOUT_S") or "30",
+        help="answer 408 when a request body takes longer than this to arrive (default: 30)",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[o.strip() for o in (_env("ZOE_CORS_ORIGINS") or "").split(",") if o.strip()],
+        metavar="ORIGIN",
+        help="allow browser calls from this origin, e.g. https://ha.local:8123 (repeatable; "
+        "$ZOE_CORS_ORIGINS comma-separated; default: none, CORS off)",
+    )
     serve.add_argument("--no-preload", action="store_true", help="load the default model on first use, not at start")
     serve.add_argument("--log-level", default=_env("ZOE_LOG_LEVEL") or "info", choices=["debug", "info", "warning"])
 
@@ -166,6 +204,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stream_interval_ms=args.stream_interval_ms,
         telemetry_interval_s=args.telemetry_interval,
         usage_db=args.usage_db,
+        stall_timeout_s=args.stall_timeout,
+        crash_loop_limit=args.crash_loop_limit,
+        drain_timeout_s=args.drain_timeout,
+        keepalive_timeout_s=args.keepalive_timeout,
+        body_timeout_s=args.body_timeout,
+        cors_origins=args.cors_origin,
     )
     try:
         keys = KeyTable.build(registry.keys, args.config.resolve().parent, settings.api_key, settings.admin_key)

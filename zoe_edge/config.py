@@ -41,6 +41,8 @@ class Settings(BaseModel):
     load_timeout_s: float = Field(default=300.0, gt=0)
     # no token (or finish) from the worker for this long means it is wedged: kill and replace it
     stall_timeout_s: float = Field(default=120.0, gt=0)
+    # this many worker deaths of one model within a minute mean a crash loop: its loads back off (10 s, 20 s...)
+    crash_loop_limit: int = Field(default=3, ge=1)
     # text produced faster than this is sent in one chunk per interval (0 = one chunk per token)
     stream_interval_ms: float = Field(default=20.0, ge=0.0, le=1000.0)
     preload: bool = True
@@ -52,6 +54,12 @@ class Settings(BaseModel):
     telemetry_interval_s: float = Field(default=1.0, ge=0.1, le=60.0)
     # the usage ledger's SQLite file; None: the registry's usage.path, else <state_dir>/usage.sqlite3
     usage_db: Path | None = None
+    # a connection that has not sent a whole request (headers) by then is closed: slowloris, idle sockets
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)
+    # a request body that has not fully arrived by then is answered 408 (a trickling body holds nothing long)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    # browser origins allowed to call the API cross-origin (the dashboard hosted elsewhere); none by default
+    cors_origins: list[str] = Field(default_factory=list)
 
     def check_bind(self, client_keys: bool = False) -> str | None:
         """Why this bind is refused, or ``None``: beyond loopback needs a key or an explicit opt-out.

@@ -7,6 +7,8 @@ error deserves.
 
 from __future__ import annotations
 
+import re
+
 
 class ZoeError(Exception):
     """Base class: carries the HTTP status and OpenAI-style type/code a front needs."""
@@ -59,6 +61,12 @@ class PayloadTooLarge(ZoeError):
     code = "request_too_large"
 
 
+class RequestTimeout(ZoeError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class TooManyRequests(ZoeError):
     status = 429
     type = "rate_limit_error"
@@ -108,11 +116,20 @@ def error_for_status(status: int, message: str, *, code: str | None = None) -> Z
     return cls(message, code=code, retry_after=retry)
 
 
+_LONG_WORD = re.compile(r"\S{121,}")
+
+
+def _cut(match: re.Match[str]) -> str:
+    return f"{match.group()[:100]}... ({len(match.group())} characters)"
+
+
 class RegistryError(Exception):
     """``models.yaml`` is invalid; ``problems`` holds one readable line per problem."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = problems
+        # a name or value thousands of characters long would bury the line that names it
+        self.problems = [_LONG_WORD.sub(_cut, p) for p in problems]
+        problems = self.problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")

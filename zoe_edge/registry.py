@@ -61,7 +61,7 @@ def parse_duration(value: Any) -> float | None:
         raise ValueError("expected a duration such as 300, '5m' or 'never'")
     if isinstance(value, int | float):
         if not math.isfinite(value):
-            raise ValueError(f"expected a finite duration, got {value!r}")
+            raise ValueError(f"expected a finite duration, got {validation.shown(value)}")
         if value < 0:
             return None
         return float(value)
@@ -71,7 +71,7 @@ def parse_duration(value: Any) -> float | None:
             return float(match.group(1)) * _UNITS[match.group(2)]
         if value.strip() == "-1":
             return None
-    raise ValueError(f"expected a duration such as 300, '5m' or 'never', got {value!r}")
+    raise ValueError(f"expected a duration such as 300, '5m' or 'never', got {validation.shown(value)}")
 
 
 class ModelEntry(BaseModel):
@@ -402,6 +402,9 @@ def load_registry(path: Path) -> Registry:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
         raise RegistryError(str(path), [f"not valid YAML{where}: {problem}"]) from None
+    except RecursionError:
+        # PyYAML's composer recurses once per nesting level: a few thousand '[' exhaust the stack
+        raise RegistryError(str(path), ["not valid YAML: nested too deeply"]) from None
     return parse_registry(data, str(path))
 
 

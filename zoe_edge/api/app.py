@@ -9,8 +9,10 @@ import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
 
+import yaml
 from aiohttp import web
 
 from zoe_edge import __version__
@@ -19,7 +21,15 @@ from zoe_edge.access.keys import KeyTable
 from zoe_edge.access.limits import Limiter
 from zoe_edge.api import admin, ollama, openai, telemetry
 from zoe_edge.api.common import CACHE, DISPATCHER, KEYS, OBSERVER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
-from zoe_edge.api.middlewares import api_key_auth, request_context
+from zoe_edge.api.middlewares import (
+    DRAIN,
+    Drain,
+    api_key_auth,
+    cors_headers,
+    cors_preflight,
+    drain_guard,
+    request_context,
+)
 from zoe_edge.cache.service import ResponseCache
 from zoe_edge.config import Settings
 from zoe_edge.providers import make_provider
@@ -68,11 +78,22 @@ def ledger_path(settings: Settings, registry: Registry) -> Path:
         path = Path(os.path.expanduser(registry.usage.path))
         return path if path.is_absolute() else settings.registry_path.resolve().parent / path
     return settings.state_dir / "usage.sqlite3"
+# the daemon's own API description, read once: the routes it documents are the routes build_app adds
+OPENAPI = yaml.safe_load(resources.files("zoe_edge.api").joinpath("openapi.yaml").read_text(encoding="utf-8"))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
 
 
 def build_app(settings: Settings, registry: Registry) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_context, api_key_auth])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_context, drain_guard, cors_preflight, api_key_auth],
+    )
     app[SETTINGS] = settings
+    app[DRAIN] = Drain()
+    app.on_response_prepare.append(cors_headers)
     app[REGISTRY] = registry
     registry_dir = settings.registry_path.resolve().parent
     app[SUPERVISOR] = Supervisor(registry, registry_dir, settings)
@@ -92,6 +113,7 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
             log.info("provider %s is disabled: %s", name, why)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/openapi.json", openapi)
     openai.add_routes(app)
     ollama.add_routes(app)
     admin.add_routes(app)
@@ -142,7 +164,18 @@ async def serve(settings: Settings, registry: Registry) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get a grace period to finish."""
     app = build_app(settings, registry)
     # cancel the handler when its client disconnects, so an abandoned generation frees the model
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.drain_timeout_s)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=settings.drain_timeout_s,
+        # counted from the connection's start too, so it also ends slowloris headers and idle sockets
+        keepalive_timeout=settings.keepalive_timeout_s,
+        # aiohttp's own defaults, stated: a longer request line or header is answered 400 by the parser
+        max_line_size=8190,
+        max_field_size=8190,
+        max_headers=128,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -161,8 +194,13 @@ async def serve(settings: Settings, registry: Registry) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("shutting down: finishing in-flight requests")
+        drain = app[DRAIN]
+        drain.begin()
+        log.info("shutting down: %d in-flight request(s) get %g s to finish; new ones get 503",
+                 drain.in_flight, settings.drain_timeout_s)
         notifier.stopping()
+        if not await drain.wait_idle(settings.drain_timeout_s):
+            log.warning("drain timeout: cutting %d request(s) still in flight", drain.in_flight)
         keepalive.cancel()
         await asyncio.gather(keepalive, return_exceptions=True)
         await runner.cleanup()

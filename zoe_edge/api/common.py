@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -20,7 +22,15 @@ from zoe_edge.cache.config import CacheControls
 from zoe_edge.cache.service import ResponseCache
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
-from zoe_edge.errors import Forbidden, InvalidRequest, NotImplementedHere, PayloadTooLarge, TooManyRequests, ZoeError
+from zoe_edge.errors import (
+    Forbidden,
+    InvalidRequest,
+    NotImplementedHere,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
+    ZoeError,
+)
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
 from zoe_edge.routing.routes import plan_request
@@ -123,9 +133,13 @@ log = logging.getLogger("zoe_edge.api")
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 413 over the configured size, 400 when it is not JSON."""
+    """The request body as JSON; 413 over the configured size, 408 when it trickles in too slowly, 400 when
+    it is not JSON."""
+    limit = request.app[SETTINGS].body_timeout_s
     try:
-        raw = await request.read()
+        raw = await asyncio.wait_for(request.read(), limit)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {limit:g} s", code="request_timeout") from None
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(
             f"request body is larger than the {request.app[SETTINGS].max_body_bytes} byte limit",
@@ -134,11 +148,25 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise InvalidRequest("request body is empty; send a JSON object", code="invalid_json")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except UnicodeDecodeError:
         raise InvalidRequest("request body is not valid UTF-8", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    # JSON may escape a lone UTF-16 surrogate ("\ud800") that no UTF-8 text can hold: refused here, or it
+    # would fail later where the prompt is encoded for the worker (a 500). Checked only when one may be there.
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(
+                "request body is not valid text: it escapes a lone UTF-16 surrogate (\\ud800-\\udfff)",
+                code="invalid_json",
+            ) from None
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 async def no_embeddings(request: web.Request) -> web.Response:

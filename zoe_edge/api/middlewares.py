@@ -23,6 +23,7 @@ from zoe_edge.errors import (
     InvalidRequest,
     ModelNotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     Unauthorized,
     ZoeError,
 )
@@ -192,3 +193,97 @@ async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
             response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
             return response
     return await handler(request)
+
+
+class Drain:
+    """In-flight request count, and the switch that turns new requests away once shutdown begins."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin(self) -> None:
+        self.draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True when every in-flight request finished within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+
+DRAIN = web.AppKey("drain", Drain)
+# streams that never finish by themselves (the dashboard's live telemetry)
+ENDLESS_PATHS = frozenset({"/api/telemetry/stream"})
+
+
+@web.middleware
+async def drain_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """While shutting down, new requests get a 503 at once (a balancer or client retries elsewhere);
+    the listening socket stays open so they hear why instead of a refused connection."""
+    drain = request.app[DRAIN]
+    if drain.draining:
+        raise ServiceUnavailable("the daemon is shutting down; retry shortly", code="shutting_down", retry_after=5)
+    if request.path in ENDLESS_PATHS:
+        # nothing to wait for: the server's on_shutdown ends these streams
+        return await handler(request)
+    drain.enter()
+    try:
+        return await handler(request)
+    finally:
+        drain.leave()
+
+
+# the methods and request headers a browser may use cross-origin; the admin API is never offered
+CORS_METHODS = "GET, POST, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type, X-Request-Id, X-Zoe-Deadline"
+
+
+def _cors_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is None or origin not in request.app[SETTINGS].cors_origins or request.path.startswith("/admin"):
+        return None
+    return origin
+
+
+@web.middleware
+async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer a browser's preflight for a configured origin (none by default: CORS stays off).
+
+    Outside auth, since a preflight carries no credentials; the admin API stays same-origin whatever the
+    setting. A small middleware rather than aiohttp-cors: that library wants every route registered with it,
+    and the policy here is one list of origins for every non-admin path.
+    """
+    origin = _cors_origin(request)
+    if origin is None or request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+        return await handler(request)
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": CORS_METHODS,
+            "Access-Control-Allow-Headers": CORS_HEADERS,
+            "Access-Control-Max-Age": "600",
+        },
+    )
+
+
+async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: also reaches streamed responses and errors rendered outside the handler."""
+    origin = _cors_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, X-Zoe-Route, X-Zoe-Served-By, Retry-After"
+        response.headers["Vary"] = "Origin"

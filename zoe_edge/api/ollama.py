@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from zoe_edge import __version__
 from zoe_edge.api.common import (
@@ -446,7 +446,12 @@ async def _generate(request: web.Request, kind: Literal["chat", "generate"]) -> 
     empty = not body.messages if isinstance(body, ChatRequest) else not body.prompt
     if empty:
         return await _lifecycle_only(request, body, name, kind)
-    canonical = body.to_canonical().model_copy(update={"model": name})
+    try:
+        canonical = body.to_canonical().model_copy(update={"model": name})
+    except ValidationError as exc:
+        # a combination the canonical request refuses (format with tools): the client's mistake, a 400
+        problem = exc.errors(include_url=False)[0]["msg"]
+        raise InvalidRequest(problem.removeprefix("Value error, "), code="invalid_value") from None
     given, seconds = body.keep_alive_seconds()
     dispatched = await open_generation(request, name, canonical, body.cache)
     if given and dispatched.served_by.local:

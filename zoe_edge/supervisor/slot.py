@@ -29,7 +29,7 @@ from zoe_edge.gguf_info import GGUFError, GGUFInfo, GGUFMissing, read_gguf
 from zoe_edge.registry import ModelEntry, Registry, ensure_model_file
 from zoe_edge.supervisor import device, scheduler
 from zoe_edge.supervisor.planner import Budget, Plan, plan_entry
-from zoe_edge.worker.client import WorkerProcess
+from zoe_edge.worker.client import WorkerProcess, describe_exit
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
 
 log = logging.getLogger("zoe_edge.supervisor")
@@ -37,7 +37,6 @@ log = logging.getLogger("zoe_edge.supervisor")
 MiB = device.MiB
 CRASH_WINDOW_S = 60.0
 MEMORY_CHECK_S = 5.0
-CRASHES_BEFORE_BACKOFF = 3
 
 
 class SlotState(str, enum.Enum):
@@ -437,6 +436,10 @@ class Supervisor:
             if not t.granted.done():
                 t.granted.set_exception(exc)
 
+    def _crash_looping(self, model: str) -> bool:
+        recent = [t for t in self.stats[model].crashes if time.monotonic() - t < CRASH_WINDOW_S]
+        return len(recent) + 1 >= self.settings.crash_loop_limit
+
     async def _worker_died(self) -> None:
         worker = self._worker
         assert worker is not None
@@ -445,7 +448,7 @@ class Supervisor:
         stats = self.stats[model]
         recent = [t for t in stats.crashes if time.monotonic() - t < CRASH_WINDOW_S]
         await self._stop_worker("worker died")
-        if len(recent) >= CRASHES_BEFORE_BACKOFF:
+        if len(recent) >= self.settings.crash_loop_limit:
             self._record_failure(model, f"worker crashed {len(recent)} times in {CRASH_WINDOW_S:.0f} s")
 
     async def _ensure_loaded(self, model: str, why: str) -> WorkerProcess:
@@ -467,7 +470,21 @@ class Supervisor:
         try:
             info = await worker.load(spec, self.settings.load_timeout_s)
         except (ModelLoadFailed, WorkerFailed) as exc:
+            returncode = await worker.exit_status(0.2)
             await worker.stop()
+            if returncode is not None and returncode < 0 and not self._crash_looping(model):
+                # killed mid-load by a signal (an operator, the OOM killer): no verdict on the file yet, so
+                # no back-off; this client hears 503 and the next request loads afresh. A model that keeps
+                # dying this way reaches the crash-loop limit and backs off like any failed load.
+                self.stats[model].crashes.append(time.monotonic())
+                self.state, self.model = SlotState.UNLOADED, None
+                self._start_spare()
+                log.error("worker for %r %s while loading; not backing off", model, describe_exit(returncode))
+                raise ServiceUnavailable(
+                    f"the model worker {describe_exit(returncode)} while loading {model!r}; retry",
+                    code="worker_crashed",
+                    retry_after=1,
+                ) from None
             self._record_failure(model, exc.message)
             self._start_spare()
             raise ModelLoadFailed(exc.message, retry_after=self.failures[model].retry_at - time.monotonic()) from None

@@ -108,6 +108,11 @@ class WorkerProcess:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._proc.wait(), timeout)
 
+    async def exit_status(self, wait: float) -> int | None:
+        """The exit status once the process has ended (waiting up to ``wait`` s for it), else ``None``."""
+        await self._reap(wait)
+        return self.returncode
+
     async def _call(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket_path), timeout)
         try:
