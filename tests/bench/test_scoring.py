@@ -121,7 +121,7 @@ def test_alias_match_and_normalisation() -> None:
 
 def test_abstention() -> None:
     assert grade_answer("I don't know.", ["Paris"]) == "abstained"
-    assert grade_answer("I don’t know", ["Paris"]) == "abstained"
+    assert grade_answer("I don\u2019t know", ["Paris"]) == "abstained"
     assert grade_answer("", ["Paris"]) == "abstained"
     assert grade_answer("Lyon", ["Paris"]) == "incorrect"
     # no answer exists: abstaining is right, any answer is a hallucination

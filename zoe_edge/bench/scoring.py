@@ -173,7 +173,7 @@ def first_answer(output: str) -> str:
 
 
 def is_abstention(answer: str) -> bool:
-    a = normalise(answer.replace("’", "'"))
+    a = normalise(answer)  # apostrophes of any kind become spaces
     return any(normalise(p) in a for p in ABSTAIN_PHRASES) if a else True
 
 
