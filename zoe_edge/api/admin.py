@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import REGISTRY, SUPERVISOR
+from zoe_edge.api.common import REGISTRY, SUPERVISOR, fit_map
 from zoe_edge.errors import ModelNotFound
 from zoe_edge.registry import Registry
+from zoe_edge.routing.routes import has_selection, route_selections
 
 
 def _registry_model(registry: Registry, name: str) -> str:
@@ -24,8 +26,22 @@ async def status(request: web.Request) -> web.Response:
     body: dict[str, Any] = supervisor.status()
     body["registry"] = {
         "default": registry.default_model,
-        "models": {name: {"aliases": registry.aliases_of(name)} for name in registry.models},
+        "models": {
+            name: {
+                "aliases": registry.aliases_of(name),
+                # the bench's scores, as `zoe-edge bench --write` stored them
+                "bench": {suite: record.model_dump() for suite, record in entry.bench.items()},
+            }
+            for name, entry in registry.models.items()
+        },
     }
+    selecting = {name: route for name, route in registry.routes.items() if has_selection(registry, name)}
+    if selecting:
+        fits, sizes = await fit_map(request.app[SUPERVISOR])
+        body["selections"] = {
+            name: [asdict(s) for s in route_selections(registry, route, fits, sizes)]
+            for name, route in selecting.items()
+        }
     return web.json_response(body)
 
 

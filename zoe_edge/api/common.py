@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
@@ -16,10 +17,12 @@ from zoe_edge import validation
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
 from zoe_edge.config import Settings
 from zoe_edge.errors import InvalidRequest, NotImplementedHere, PayloadTooLarge, ZoeError
+from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
-from zoe_edge.routing.routes import plan_request
+from zoe_edge.routing.routes import has_selection, plan_request
 from zoe_edge.supervisor import Supervisor
+from zoe_edge.supervisor.planner import plan_entry
 from zoe_edge.telemetry.sampler import Sampler
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -43,12 +46,43 @@ async def open_generation(request: web.Request, name: str, req: GenerationReques
     has already been read, so a front can still choose its status code and headers.
     """
     app = request.app
-    plan = plan_request(app[REGISTRY], name, req)
+    fits: dict[str, bool] | None = None
+    sizes: dict[str, int] | None = None
+    if has_selection(app[REGISTRY], name):
+        fits, sizes = await fit_map(app[SUPERVISOR])
+    plan = plan_request(app[REGISTRY], name, req, fits, sizes)
     dispatched = await app[DISPATCHER].dispatch(plan, req, deadline_header(request))
     request["zoe_model"] = dispatched.served_by.label
     request["zoe_route"] = dispatched.headers()
     log.info("route %s -> %s", plan.reason, dispatched.served_by.label)
     return dispatched
+
+
+_GGUF_CACHE: dict[tuple[str, int, int], GGUFInfo] = {}
+
+
+async def fit_map(supervisor: Supervisor) -> tuple[dict[str, bool], dict[str, int]]:
+    """Whether each registry model fits the current profile (as if swapped in), and its file size.
+
+    For routes that select by score. GGUF headers are read once per file version (path, size, mtime).
+    """
+    fits: dict[str, bool] = {}
+    sizes: dict[str, int] = {}
+    for model, entry in supervisor.registry.models.items():
+        try:
+            path = await asyncio.to_thread(supervisor.model_file, model)
+            st = path.stat()
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            info = _GGUF_CACHE.get(key)
+            if info is None:
+                info = _GGUF_CACHE[key] = await asyncio.to_thread(read_gguf, path)
+        except (GGUFError, OSError, ValueError):
+            fits[model] = False
+            continue
+        replacing = supervisor.model is not None and supervisor.model != model
+        fits[model] = plan_entry(model, entry, info, supervisor.budget(replacing)).fits
+        sizes[model] = st.st_size
+    return fits, sizes
 
 
 M = TypeVar("M", bound=BaseModel)
