@@ -53,6 +53,8 @@ def run(args: argparse.Namespace, registry: Registry, settings: Settings) -> int
 
         def progress(model: str, suite: str, done: int, total: int) -> None:
             bar.update(tasks[(model, suite)], completed=done, total=total)
+            if done == total and not console.is_terminal:
+                console.log(f"{model} {suite}: done ({total} steps)")  # a log has no live bars
 
         try:
             asyncio.run(

@@ -147,12 +147,13 @@ def _timing_ms(values: Sequence[float], name: str, out: dict[str, Estimate]) -> 
 
 
 async def latency_suite(sup: Supervisor, model: str, quick: bool, progress: Progress) -> SuiteResult:
-    reps = 2 if quick else 10
+    reps = 1 if quick else 10
+    loads = 1 if quick else 3
     max_tokens = 32 if quick else 64
     turns = ha.user_turns()
     system = ha.system_prompt()
     story = "Write a few sentences about a lighthouse keeper and the sea."
-    total = (2 if quick else 3) + 4 * (reps + 1)
+    total = loads + 1 + 4 * reps + 2
     done = 0
 
     def step() -> None:
@@ -163,7 +164,7 @@ async def latency_suite(sup: Supervisor, model: str, quick: bool, progress: Prog
     # load time: from nothing loaded to ready, wall clock; llama.cpp's own load_ms is the cross-check
     load_wall: list[float] = []
     load_llama: list[float] = []
-    for _ in range(2 if quick else 3):
+    for _ in range(loads):
         await sup.unload()
         started = time.perf_counter()
         await sup.load(model)
@@ -182,6 +183,9 @@ async def latency_suite(sup: Supervisor, model: str, quick: bool, progress: Prog
         head = f"({i}-{time.monotonic_ns()}) " if cold else ""
         return [Message(role="user", content=head + story)]
 
+    # one discarded warm-up request after the load (first-use costs: allocations, page faults)
+    await ask(sup, model, _request(model, short_messages(0, True), 8))
+    step()
     series: dict[str, list[Answer]] = {}
     for key, make, cold in (
         ("ha_cold", ha_messages, True),
@@ -190,11 +194,12 @@ async def latency_suite(sup: Supervisor, model: str, quick: bool, progress: Prog
         ("short_warm", short_messages, False),
     ):
         answers = []
-        for i in range(reps + 1):  # the first is a warm-up and is discarded
+        # a warm series first fills the cache with its prefix (a discarded request); a cold one needs none
+        for i in range(reps + (0 if cold else 1)):
             ans = await ask(sup, model, _request(model, make(i, cold), max_tokens))
             if ans.error:
                 raise RuntimeError(f"{model}: latency request failed: {ans.error}")
-            if i > 0:
+            if cold or i > 0:
                 answers.append(ans)
             step()
         series[key] = answers
