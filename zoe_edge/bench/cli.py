@@ -71,8 +71,8 @@ def run(args: argparse.Namespace, registry: Registry, settings: Settings) -> int
             )
         except KeyboardInterrupt:
             interrupted = True
-        except ZoeError as exc:
-            console.print(f"[red]error:[/] {exc.message}")
+        except (ZoeError, RuntimeError) as exc:
+            console.print(f"[red]error:[/] {exc.message if isinstance(exc, ZoeError) else exc}")
             if not results:
                 return 1
             interrupted = True

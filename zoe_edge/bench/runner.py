@@ -253,7 +253,9 @@ async def hallucination_suite(sup: Supervisor, model: str, quick: bool, progress
         question = MEMORY_TEMPLATE.format(notes=case.notes, question=case.question) if case.notes else case.question
         messages = [Message(role="system", content=HALLUCINATION_SYSTEM), Message(role="user", content=question)]
         ans = await ask(sup, model, _request(model, messages, 32))
-        verdict = grade_answer(ans.text, case.answers) if ans.error is None else "incorrect"
+        if ans.error:
+            raise RuntimeError(f"{model}: hallucination case {case.id} failed: {ans.error}")
+        verdict = grade_answer(ans.text, case.answers)
         verdicts.append(verdict)
         rows.append({"id": case.id, "kind": case.kind, "answer": ans.text.strip()[:200], "verdict": verdict})
         progress(model, "hallucination", i + 1, len(cases))
@@ -311,7 +313,7 @@ async def tools_suite(sup: Supervisor, model: str, quick: bool, progress: Progre
         prefix = "" if grammar else "free_"
         for name, est in tool_summary(graded).items():
             scores[prefix + name] = est
-    settings = run_settings(sup, model, quick) | {"cases": len(cases), "free_": "without the call grammar"}
+    settings = run_settings(sup, model, quick) | {"cases": len(cases), "free_scores": "without the call grammar"}
     return SuiteResult(model, "tools", scores, settings, _now(), rows)
 
 

@@ -27,12 +27,6 @@ class Estimate:
     high: float | None
     n: int
 
-    def overlaps(self, other: Estimate) -> bool:
-        if None in (self.low, self.high, other.low, other.high):
-            return self.value == other.value
-        assert self.low is not None and self.high is not None and other.low is not None and other.high is not None
-        return self.low <= other.high and other.low <= self.high
-
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"value": round(self.value, 4), "n": self.n}
         if self.low is not None and self.high is not None:
