@@ -8,9 +8,11 @@ seed: the same model and build give the same answers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import importlib.metadata
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ from zoe_edge.gguf_info import GGUFError, read_gguf
 from zoe_edge.registry import Registry
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.supervisor.slot import default_threads
+
+log = logging.getLogger("zoe_edge.bench")
 
 SUITES = ("latency", "hallucination", "tools")
 SEED = 1234
@@ -345,7 +349,13 @@ async def run_bench(
                 else:
                     results.append(await SUITE_FUNCS[suite](sup, model, quick, progress))
     finally:
-        await sup.close()
+        await sup.unload()  # the model's worker ends through the scheduler, as on an admin unload
+        try:
+            # seen on Python 3.11: close() can wait forever for the scheduler loop to take its cancel
+            # (stuck in wait_for on the wake event); the workers die with this process regardless
+            await asyncio.wait_for(sup.close(), 10)
+        except TimeoutError:
+            log.warning("the supervisor did not close within 10 s; its workers end with this process")
     return results
 
 
