@@ -113,6 +113,10 @@ class GenerationRequest(BaseModel):
     tools: list[Tool] = Field(default_factory=list)
     tool_choice: ToolChoice = Field(default_factory=ToolChoice)
     parallel_tool_calls: bool = False  # several calls in one answer only when a client asks
+    # False: tools are offered in the prompt but the answer is decoded without the call grammar and
+    # then parsed, calls returned as parsed (valid or not). Only `zoe-edge bench` sets it, to measure
+    # what the grammar is worth; no API front exposes it.
+    tool_grammar: bool = True
     stream: bool = False
 
     @model_validator(mode="after")

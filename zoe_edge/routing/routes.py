@@ -8,11 +8,13 @@ client in ``x-zoe-route``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from zoe_edge.canonical import GenerationRequest, ToolChoice
 from zoe_edge.errors import ModelNotFound
-from zoe_edge.registry import AutoRouting, AutoRule, Registry, Route, ToolChoicePolicy
+from zoe_edge.registry import AutoRouting, AutoRule, Registry, Route, SelectTarget, ToolChoicePolicy
+from zoe_edge.routing.select import Selection, select_model
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,41 @@ def effective_tool_choice(policy: ToolChoicePolicy | None, req: GenerationReques
     return ToolChoice(mode=policy)
 
 
-def plan_request(registry: Registry, requested: str, req: GenerationRequest) -> RoutePlan:
-    """Resolve a client's ``model`` field: a model, an alias, a route, or the ``auto`` router."""
+def route_selections(
+    registry: Registry,
+    route: Route,
+    fits: Mapping[str, bool] | None = None,
+    sizes: Mapping[str, int] | None = None,
+) -> list[Selection]:
+    """What each ``select`` target of ``route`` resolves to, in order."""
+    return [select_model(registry, t.select, fits, sizes) for t in route.targets if isinstance(t, SelectTarget)]
+
+
+def has_selection(registry: Registry, requested: str) -> bool:
+    """Whether resolving ``requested`` may need the fit map (a route, or the auto router, with a select target)."""
+    routes = [registry.routes.get(requested)]
+    if registry.auto is not None and requested == registry.auto.name:
+        routes = list(registry.routes.values())
+    return any(isinstance(t, SelectTarget) for r in routes if r is not None for t in r.targets)
+
+
+def plan_request(
+    registry: Registry,
+    requested: str,
+    req: GenerationRequest,
+    fits: Mapping[str, bool] | None = None,
+    sizes: Mapping[str, int] | None = None,
+) -> RoutePlan:
+    """Resolve a client's ``model`` field: a model, an alias, a route, or the ``auto`` router.
+
+    ``fits`` and ``sizes`` (model -> fits the current profile, file bytes) are only read for routes
+    with ``select`` targets.
+    """
     auto = registry.auto
     if auto is not None and requested == auto.name:
         rule = match_rule(auto, req)
         chosen, why = (rule.route, rule.reason) if rule else (auto.default, "no rule matched")
-        inner = plan_request(registry, chosen, req)
+        inner = plan_request(registry, chosen, req, fits, sizes)
         policy = rule.tool_choice if rule and rule.tool_choice else inner.tool_choice
         return RoutePlan(
             requested, inner.route, inner.targets, inner.deadline, f"{chosen} ({why})", inner.defaults_from, policy
@@ -104,10 +134,21 @@ def plan_request(registry: Registry, requested: str, req: GenerationRequest) -> 
         return RoutePlan(requested, requested, (Target(model),), None, f"{requested} (alias of {model})")
     route = registry.routes.get(requested)
     if route is not None:
-        targets = tuple(parse_target(t) for t in route.targets)
-        return RoutePlan(
-            requested, requested, targets, route.deadline, f"{requested} (route)", route, route.params.tool_choice
-        )
+        targets: list[Target] = []
+        notes: list[str] = []
+        for spec in route.targets:
+            if isinstance(spec, SelectTarget):
+                selection = select_model(registry, spec.select, fits, sizes)
+                notes.append(selection.reason)
+                target = Target(selection.model) if selection.model else None
+            else:
+                target = parse_target(spec)
+            if target is not None and target not in targets:
+                targets.append(target)
+        if not targets:
+            raise ModelNotFound(f"route {requested!r} has no usable target: {'; '.join(notes)}", param="model")
+        reason = f"{requested} (route{'; ' + '; '.join(notes) if notes else ''})"
+        return RoutePlan(requested, requested, tuple(targets), route.deadline, reason, route, route.params.tool_choice)
     known = ", ".join(registry.names())
     raise ModelNotFound(f"The model {requested!r} does not exist. Available: {known}", param="model")
 

@@ -321,6 +321,9 @@ class Engine:
                 Timings(prompt_ms=(first - started) * 1000.0, predicted_ms=(ended - first) * 1000.0),
             )
 
+        if req.uses_tools and not req.tool_grammar:
+            yield from self._free_calls(tokens, [*req.stop, *template_stops], max_tokens, s, cancelled, finish)
+            return
         if call_grammar is None:
             run = _Pass()
             for piece in self._decode(tokens, grammar, [*req.stop, *template_stops], max_tokens, s, cancelled, run):
@@ -379,6 +382,30 @@ class Engine:
         for index, call in enumerate(parsed.calls):
             yield ToolCall(index, tools.new_call_id(), call.name, call.arguments)
         yield finish("tool_calls", produced, first_token_at)
+
+    def _free_calls(
+        self,
+        tokens: list[int],
+        stops: list[str],
+        max_tokens: int,
+        s: Sampling,
+        cancelled: Callable[[], bool],
+        finish: Callable[[FinishReason, int, float | None], Finish],
+    ) -> Iterator[Event]:
+        """``tool_grammar: false``: decode freely, then parse calls with the same parsers, unvalidated."""
+        run = _Pass()
+        text = "".join(self._decode(tokens, None, stops, max_tokens, s, cancelled, run, None, tools.MARKERS))
+        parsed = tools.parse(text, self.tool_setup.format) if run.reason != "cancelled" else None
+        if parsed is None:
+            if text:
+                yield TextDelta(text)
+            yield finish(run.reason, run.produced, run.first_token_at)
+            return
+        if parsed.content:
+            yield TextDelta(parsed.content)
+        for index, call in enumerate(parsed.calls):
+            yield ToolCall(index, tools.new_call_id(), call.name, call.arguments)
+        yield finish("tool_calls", run.produced, run.first_token_at)
 
     def _set_abort(self, check: Callable[[], bool] | None) -> None:
         self._abort_check = check
