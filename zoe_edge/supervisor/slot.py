@@ -156,6 +156,9 @@ class Supervisor:
                 ticket.granted.set_exception(ServiceUnavailable("zoe-edge is shutting down", retry_after=5))
         self._queue.clear()
         if self._loop_task is not None:
+            # the loop also stops on its own once it sees _closing: on Python 3.11 asyncio.wait_for can swallow
+            # a cancellation that lands as its inner wait completes, and a loop left running would hang close()
+            self._wake.set()
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._spare_task is not None:
@@ -364,7 +367,7 @@ class Supervisor:
         return None if ttl is None else self._last_used + ttl
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             deadline = self._idle_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if self._worker is not None and not self.profile.simulated:
@@ -373,6 +376,8 @@ class Supervisor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self._step()
             except Exception:  # the loop must survive anything one step does
