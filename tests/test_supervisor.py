@@ -285,11 +285,11 @@ def test_memory_pressure_unloads_the_idle_model(tmp_path: Path, model_files: dic
 
 async def test_close_returns_after_requests_every_time(tmp_path: Path, smollm_path: Path) -> None:
     """close() used to hang on Python 3.11: the scheduler loop could miss its cancellation and run on."""
+    from tests.conftest import state_dir
     from zoe_edge.canonical import GenerationRequest, Message
     from zoe_edge.config import Settings
     from zoe_edge.registry import load_registry
     from zoe_edge.supervisor import Supervisor
-    from tests.conftest import state_dir
 
     registry = load_registry(write_registry(tmp_path, {"smol": smollm_entry(smollm_path)}))
     for _ in range(3):
