@@ -72,7 +72,7 @@ def test_quick_bench_writes_scores_that_a_route_selects_by(tmp_path: Path, model
     assert "smollm2-135m: tools.score" in listing.stdout and "gemma3-270m: tools.score" in listing.stdout
 
     # the daemon resolves the select rule from the written scores and says why, in status and header
-    daemon = start_daemon(registry, tmp_path, "--no-preload")
+    daemon = start_daemon(registry, tmp_path, "--no-preload", wait_ready=False)
     try:
         selection = daemon.status()["selections"]["zoe-best"][0]
         assert selection["model"] in ("smollm2-135m", "gemma3-270m"), selection
