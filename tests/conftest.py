@@ -23,7 +23,8 @@ from zoe_edge.registry import ensure_model_file, load_registry
 
 REPO = Path(__file__).resolve().parents[1]
 # prints "reliability suite: N faults injected, M fuzz cases run, K failures" after every run
-pytest_plugins = ["tests.faults.summary"]
+# tests.keyed: the "cloud" fixture shared by the key, ledger and security tests
+pytest_plugins = ["tests.faults.summary", "tests.keyed"]
 
 
 def state_dir() -> Path:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import smollm_entry, write_registry
+from tests.fakes.common import FakeReply
+from tests.fakes.openai_fake import OpenAIFake
 
 API_KEY = "zk-default-unrestricted-0001"
 ADMIN_KEY = "zk-admin-secret-0002"
@@ -70,3 +74,13 @@ def keyed_registry(tmp: Path, smol: Path, cloud_url: str, **extra: Any) -> Path:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture()
+async def cloud() -> AsyncIterator[OpenAIFake]:
+    """A loopback OpenAI-compatible upstream answering every request with a fixed text."""
+    fake = OpenAIFake()
+    await fake.start()
+    fake.default = FakeReply(text="Hello from the cloud.")
+    yield fake
+    await fake.close()

@@ -7,7 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ import openai
 import pytest
 
 from tests.conftest import Daemon, free_port, start_daemon
-from tests.fakes.common import FakeReply
 from tests.fakes.openai_fake import OpenAIFake
 from tests.keyed import (
     ADMIN_KEY,
@@ -33,15 +32,6 @@ from tests.keyed import (
 )
 
 HI = [{"role": "user", "content": "Say hi."}]
-
-
-@pytest.fixture()
-async def cloud() -> AsyncIterator[OpenAIFake]:
-    fake = OpenAIFake()
-    await fake.start()
-    fake.default = FakeReply(text="Hello from the cloud.")
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture()

@@ -43,6 +43,30 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# seconds-valued serve flags: flag, environment variable, default, what it bounds
+SERVE_TIMEOUTS = (
+    (
+        "--stall-timeout",
+        "ZOE_STALL_TIMEOUT_S",
+        "120",
+        "a worker silent this long mid-generation is wedged: killed and replaced",
+    ),
+    (
+        "--drain-timeout",
+        "ZOE_DRAIN_TIMEOUT_S",
+        "30",
+        "on SIGTERM, seconds in-flight requests get to finish while new ones get 503",
+    ),
+    (
+        "--keepalive-timeout",
+        "ZOE_KEEPALIVE_TIMEOUT_S",
+        "75",
+        "close a connection that sends no complete request for this long",
+    ),
+    ("--body-timeout", "ZOE_BODY_TIMEOUT_S", "30", "answer 408 when a request body takes longer than this to arrive"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoe-edge",
@@ -83,35 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("ZOE_USAGE_DB"),
         help="usage ledger SQLite file (default: the registry's usage.path, else <state-dir>/usage.sqlite3)",
     )
-    serve.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=_env("ZOE_STALL_TIMEOUT_S") or "120",
-        help="a worker silent this long mid-generation is wedged: killed and replaced (default: 120)",
-    )
+    for flag, env, default, what in SERVE_TIMEOUTS:
+        serve.add_argument(flag, type=float, default=_env(env) or default, help=f"{what} (default: {default})")
     serve.add_argument(
         "--crash-loop-limit",
         type=int,
         default=_env("ZOE_CRASH_LOOP_LIMIT") or "3",
         help="worker deaths of one model within 60 s before its loads back off (default: 3)",
-    )
-    serve.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=_env("ZOE_DRAIN_TIMEOUT_S") or "30",
-        help="on SIGTERM, seconds in-flight requests get to finish while new ones get 503 (default: 30)",
-    )
-    serve.add_argument(
-        "--keepalive-timeout",
-        type=float,
-        default=_env("ZOE_KEEPALIVE_TIMEOUT_S") or "75",
-        help="close a connection that sends no complete request for this long (default: 75)",
-    )
-    serve.add_argument(
-        "--body-timeout",
-        type=float,
-        default=_env("ZOE_BODY_TIMEOUT_S") or "30",
-        help="answer 408 when a request body takes longer than this to arrive (default: 30)",
     )
     serve.add_argument(
         "--cors-origin",

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import start_daemon
-from tests.fakes.common import FakeReply
 from tests.fakes.openai_fake import OpenAIFake
 from tests.keyed import (
     ADMIN_KEY,
@@ -28,15 +25,6 @@ from tests.keyed import (
 
 WRONG = "zk-presented-but-wrong-0099"
 HI = [{"role": "user", "content": "Say hi."}]
-
-
-@pytest.fixture()
-async def cloud() -> AsyncIterator[OpenAIFake]:
-    fake = OpenAIFake()
-    await fake.start()
-    fake.default = FakeReply(text="Hello from the cloud.")
-    yield fake
-    await fake.close()
 
 
 async def test_admin_refuses_client_keys_and_no_key_leaks(tmp_path: Path, smollm_path: Path, cloud: OpenAIFake) -> None:
