@@ -175,3 +175,15 @@ def test_the_board_heats_and_cools_then_tegrastats_stops_with_the_daemon(tmp_pat
         d.stop()
     assert d.proc.returncode == 0
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_metrics_carry_the_boards_gauges(board: Daemon) -> None:
+    wait_for_snapshot(board)
+    r = httpx.get(board.url + "/metrics", headers=board.headers, timeout=10)
+    assert r.status_code == 200, r.text
+    gauges = dict(line.rsplit(" ", 1) for line in r.text.splitlines() if line.startswith("zoe_") and " " in line)
+    assert float(gauges['zoe_temperature_celsius{sensor="tj"}']) in TJ  # the fixture's junction temperature
+    assert round(float(gauges["zoe_power_watts"]) * 1000) in POWER
+    # the throttled fixture is above the soft limit, as /api/telemetry says too
+    assert float(gauges['zoe_thermal_state{state="soft"}']) == 1.0
+    assert 0 < float(gauges["zoe_ram_used_bytes"]) < float(gauges["zoe_ram_total_bytes"])

@@ -122,6 +122,7 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     limits = ThermalLimits(t.sensor, t.soft_c, t.hard_c, t.hysteresis_c)
     sampler = Sampler(settings.telemetry_interval_s, daemon=telemetry.daemon_figures(app), limits=limits)
     telemetry.setup(app, sampler)
+    app[OBSERVER].metrics.watch_hardware(sampler.snapshot)
     app[DISPATCHER].thermal = lambda: (sampler.thermal.value, sampler.thermal_reason)
     return app
 

@@ -19,6 +19,7 @@ from zoe_edge.usage.record import UsageRecord, fallback_label
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+MB = 1024 * 1024
 SLOT_STATES = ("unloaded", "loading", "ready", "busy", "unloading", "failed")
 
 
@@ -49,6 +50,39 @@ class _SupervisorCollector(Collector):
             yield GaugeMetricFamily(
                 "zoe_ledger_failed_rows", "usage rows lost to write failures", value=ledger["rows_failed"]
             )
+
+
+class _HardwareCollector(Collector):
+    """Board gauges from the telemetry sampler's newest sample (jtop, tegrastats or psutil), read at scrape time."""
+
+    def __init__(self, latest: Callable[[], dict[str, Any] | None]) -> None:
+        self.latest = latest
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sample = self.latest()
+        if sample is None:
+            return
+        temps = GaugeMetricFamily("zoe_temperature_celsius", "board temperature by sensor", labels=["sensor"])
+        for sensor, value in sorted(sample["temps"].items()):
+            if value is not None:
+                temps.add_metric([sensor], float(value))
+        yield temps
+        thermal = GaugeMetricFamily("zoe_thermal_state", "1 for the current thermal state", labels=["state"])
+        thermal.add_metric([sample["thermal"]["state"]], 1.0)
+        yield thermal
+        power, memory = sample["power"], sample["memory"]
+        figures = (
+            ("zoe_power_watts", "board input power", power["total_mw"], 1e-3),
+            ("zoe_ram_used_bytes", "RAM in use", memory["ram_used_mb"], MB),
+            ("zoe_ram_total_bytes", "RAM in all", memory["ram_total_mb"], MB),
+            ("zoe_ram_available_bytes", "RAM available", memory["ram_available_mb"], MB),
+            ("zoe_swap_used_bytes", "swap in use", memory["swap_used_mb"], MB),
+            ("zoe_gpu_load_ratio", "GPU load", sample["gpu"]["load_pct"], 0.01),
+            ("zoe_cpu_load_ratio", "CPU load over all cores", sample["cpu"]["load_pct"], 0.01),
+        )
+        for name, doc, value, scale in figures:
+            if value is not None:
+                yield GaugeMetricFamily(name, doc, value=float(value) * scale)
 
 
 class Metrics:
@@ -84,6 +118,9 @@ class Metrics:
 
     def watch(self, status: Callable[[], dict[str, Any]], ledger: Callable[[], dict[str, Any]] | None) -> None:
         self.registry.register(_SupervisorCollector(status, ledger))
+
+    def watch_hardware(self, latest: Callable[[], dict[str, Any] | None]) -> None:
+        self.registry.register(_HardwareCollector(latest))
 
     def observe(self, rec: UsageRecord) -> None:
         route = rec.route or "-"
