@@ -6,6 +6,7 @@ import pytest
 
 from zoe_edge.bench import ha
 from zoe_edge.bench.cases import hallucination_cases, tool_cases
+from zoe_edge.bench.runner import attempted_call
 from zoe_edge.bench.scoring import (
     Call,
     ExpectedCall,
@@ -181,3 +182,26 @@ def test_case_sets_are_large_enough_and_consistent() -> None:
         assert grade_calls(perfect, list(case.expected), SCHEMAS).correct, case.id
     for hc in hal:
         assert grade_answer(hc.answers[0] if hc.answers else "I don't know", list(hc.answers)) == "correct", hc.id
+
+
+@pytest.mark.parametrize(
+    ("text", "attempted"),
+    [
+        ('{"name": "MakeCoffee", "arguments": {}} and more', True),
+        ("<tool_call>\n{'name': HassTurnOn}", True),
+        ('Sure, I will do that: {"name": "HassTurnOn", "arguments": {"name": "Kitchen"', True),
+        ('```json\n{"name": "HassTurnOn"}\n```', True),
+        ("```tool_code\nHassTurnOn(name='Kitchen')\n```", True),
+        ("HassTurnOn", False),
+        ("You can use the following code:\n\n```python\ndef lock():\n    pass\n```", False),
+        # a model parroting its instructions quotes the offered schemas and the syntax placeholder
+        (
+            "You can call the following functions.\n"
+            + '{"name": "HassTurnOn", "description": "Turns on a device", "parameters": {}}\n'
+            + 'reply with only this:\n{"name": "<function name>", "arguments": {<arguments>}}',
+            False,
+        ),
+    ],
+)
+def test_attempted_call_tells_a_broken_call_from_prose(text: str, attempted: bool) -> None:
+    assert attempted_call(text) is attempted

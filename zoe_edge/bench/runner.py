@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import importlib.metadata
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from zoe_edge.gguf_info import GGUFError, read_gguf
 from zoe_edge.registry import Registry
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.supervisor.slot import default_threads
+from zoe_edge.worker import tools
 
 log = logging.getLogger("zoe_edge.bench")
 
@@ -270,10 +272,27 @@ async def hallucination_suite(sup: Supervisor, model: str, quick: bool, progress
 # --- tools ---------------------------------------------------------------------------------------------
 
 
+# a call object as the prompt's syntax line shows it, with a real name in place of the placeholder;
+# an offered schema echoed back has "description" after the name, so it does not match
+_CALL_OBJECT = re.compile(r'\{\s*"name"\s*:\s*"(?!<)[^"]*"\s*,\s*"(?:arguments|parameters)"\s*:')
+# a fenced block is a call attempt only when it holds JSON or a tool-call language, not a Python snippet
+_CALL_FENCE = re.compile(r"```(?:json|tool_code|tool_call)?\s*[\[{]|```(?:tool_code|tool_call)\b")
+
+
 def attempted_call(text: str) -> bool:
-    """Whether text that parsed into no call was nevertheless trying to be one (JSON or a call marker)."""
+    """Whether text that parsed into no call was nevertheless trying to be one.
+
+    Counted as a parse failure rather than a decision not to call: JSON as the whole answer, a
+    call marker, a fenced JSON or tool-code block, or a call object inside prose. An answer that
+    echoes the tool instructions back is not an attempt, nor is a Python snippet.
+    """
     body = text.strip()
-    return body.startswith(("{", "[", "```")) or any(m in body for m in ("<tool_call>", "[TOOL_CALLS]", '"name"'))
+    return (
+        body.startswith(("{", "["))
+        or any(m in body for m in tools.MARKERS)
+        or _CALL_FENCE.search(body) is not None
+        or _CALL_OBJECT.search(body) is not None
+    )
 
 
 async def tools_suite(sup: Supervisor, model: str, quick: bool, progress: Progress) -> SuiteResult:
