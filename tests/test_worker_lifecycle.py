@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -98,7 +99,7 @@ def test_worker_sigkill_mid_stream(fresh_daemon: Daemon) -> None:
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_worker_sigkill_before_first_token_is_a_clean_503(fresh_daemon: Daemon) -> None:
+def test_worker_sigkill_before_first_token_is_retried_on_a_fresh_worker(fresh_daemon: Daemon) -> None:
     pid = fresh_daemon.worker_pid()
     # a prompt long enough that prompt processing is still running when the kill lands
     body = {**SHORT, "messages": [{"role": "user", "content": "lorem ipsum " * 300}], "stream": True}
@@ -106,13 +107,43 @@ def test_worker_sigkill_before_first_token_is_a_clean_503(fresh_daemon: Daemon) 
     killer.start()
     r = httpx.post(fresh_daemon.v1 + "/chat/completions", json=body, timeout=60)
     killer.join()
-    assert r.status_code == 503, r.text
-    err = r.json()["error"]
-    assert err["code"] == "worker_crashed"
-    assert "Retry-After" in r.headers
-    r = httpx.post(fresh_daemon.v1 + "/chat/completions", json=SHORT, timeout=60)
-    assert r.status_code == 200
+    # the client never learns: nothing had been sent, so the request ran again on a fresh worker
+    assert r.status_code == 200, r.text
+    assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text, r.text[-500:]
     assert fresh_daemon.worker_pid() != pid
+    assert fresh_daemon.log().count("retrying the request once") == 1
+
+
+def test_a_worker_that_dies_again_on_the_retry_is_a_clean_503(tmp_path: Path, smollm_path: Path) -> None:
+    registry = write_registry(tmp_path, {"smollm2-135m": smollm_entry(smollm_path)}, {"zoe-chat": "smollm2-135m"})
+    d = start_daemon(registry, tmp_path, "--crash-loop-limit", "1000")
+    try:
+        d.worker_pid()
+        stop = threading.Event()
+
+        def kill_every_worker() -> None:
+            while not stop.is_set():
+                for proc in d.workers():
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=kill_every_worker)
+        killer.start()
+        try:
+            r = httpx.post(d.v1 + "/chat/completions", json=SHORT, timeout=120)
+        finally:
+            stop.set()
+            killer.join()
+        # one retry, not a loop: the second death is the client's answer
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "worker_crashed", r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        assert d.log().count("retrying the request once") == 1
+        r = httpx.post(d.v1 + "/chat/completions", json=SHORT, timeout=120)
+        assert r.status_code == 200, r.text
+    finally:
+        d.stop()
 
 
 def test_daemon_shutdown_leaves_no_worker(tmp_path: Path, smollm_path: Path) -> None:

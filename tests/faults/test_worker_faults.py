@@ -85,8 +85,11 @@ def one_fault(daemon: Daemon, rng: random.Random, phase: str, seen: set[int]) ->
         killer = threading.Timer(rng.uniform(0.02, 0.3), kill, (daemon.worker_pid(), seen))
         killer.start()
         with httpx.stream("POST", url, json=body, timeout=60) as r:
-            outcome = stream_outcome(r, lambda n: None) if r.status_code == 200 else None
-            r.read()
+            if r.status_code == 200:
+                outcome = stream_outcome(r, lambda n: None)
+            else:
+                outcome = None
+                r.read()
         killer.join()
         if outcome is not None:
             return outcome
@@ -110,18 +113,6 @@ def one_fault(daemon: Daemon, rng: random.Random, phase: str, seen: set[int]) ->
     check_error_body(r.json())
     assert int(r.headers["Retry-After"]) >= 1
     return "clean-503"
-
-
-def settled(daemon: Daemon, killed: set[int], timeout: float = 30.0) -> None:
-    """Wait until the slot no longer names a killed worker. A kill that lands just after a request has
-    finished is an idle-phase fault of its own: a request sent before the daemon has reaped that worker
-    gets a clean 503 (see the idle phase), so "the next request succeeds" is checked once it has."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon.status()["slot"]["pid"] not in killed:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the daemon still names a killed worker after {timeout} s: {daemon.status()['slot']}")
 
 
 @pytest.fixture()
@@ -150,7 +141,6 @@ def test_worker_sigkill_at_random_phases(lone_daemon: Daemon) -> None:
         injected()
         outcomes.setdefault(phase, []).append(f"{outcome} {time.monotonic() - started:.1f}s")
         assert d.proc.poll() is None, f"the daemon died at kill {i} ({phase})"
-        settled(d, seen)
         assert_serves(d)
     print("outcomes by phase:", outcomes)
     assert zombies(d) == []
@@ -159,8 +149,15 @@ def test_worker_sigkill_at_random_phases(lone_daemon: Daemon) -> None:
     # a spare may be mid-spawn: compare once the slot is settled (loaded + its spare)
     d.worker_pid()
     assert wait_fds_at_most(d.proc.pid, baseline + 4) <= baseline + 4, (baseline, fd_count(d.proc.pid))
+    kinds = {phase: {o.split()[0] for o in found} for phase, found in outcomes.items()}
+    # a worker that dies before the first token is replaced and the request run again: the client
+    # never hears of a kill while idle or loading, and one during prompt processing costs nothing
+    # unless a token had already gone out
+    assert kinds["idle"] == {"success"}, outcomes
+    assert kinds["loading"] == {"success"}, outcomes
+    assert kinds["prompt"] <= {"complete", "error-event"}, outcomes
     # every kill after the first byte of a stream ended in an SSE error event, never a silent cut
-    assert {o.split()[0] for o in outcomes["mid-stream"]} <= {"error-event", "complete"}
+    assert kinds["mid-stream"] <= {"error-event", "complete"}, outcomes
 
 
 def test_wedged_worker_is_detected_killed_and_replaced(tmp_path: Path, smollm_path: Path) -> None:

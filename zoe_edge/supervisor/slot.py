@@ -294,24 +294,48 @@ class Supervisor:
         Raises :class:`ServiceUnavailable` (busy, queue full, too large) or :class:`ModelLoadFailed`
         before the first event; after that, failures arrive as an :class:`ErrorEvent`. Callers
         must close the iterator (``contextlib.aclosing``) so an abandoned request frees the slot.
+
+        A worker that dies before the first event (killed while idle, loading or reading the
+        prompt) costs the request nothing the client can see: it is run once more on a fresh
+        worker. A second death is reported, and counts towards the crash-loop limit like the first.
         """
-        ticket = await self._admit(model, deadline)
-        worker = await self._await_grant(ticket, deadline)
-        assert worker is not None
-        started = time.monotonic()
-        crashed = False
-        try:
-            stream = worker.generate(req, self.settings.stall_timeout_s, self.settings.stream_interval_ms)
-            async with contextlib.aclosing(stream) as events:
-                async for event in events:
-                    if isinstance(event, ErrorEvent) and event.code in ("worker_crashed", "worker_timeout"):
-                        crashed = True
-                        self.last_error = event.message
-                    elif isinstance(event, Finish) and event.usage.completion_tokens > 1:
-                        self.last_tokens_per_s = event.timings.per_second(event.usage)["predicted_per_second"]
-                    yield event
-        finally:
-            self._release(model, time.monotonic() - started, crashed=crashed)
+        for attempt in (1, 2):
+            try:
+                ticket = await self._admit(model, deadline)
+                worker = await self._await_grant(ticket, deadline)
+            except ServiceUnavailable as exc:
+                if exc.code != "worker_crashed" or attempt == 2:
+                    raise
+                log.warning("%s; retrying the request once", exc.message)
+                continue
+            assert worker is not None
+            started = time.monotonic()
+            crashed = retry = False
+            try:
+                stream = worker.generate(req, self.settings.stall_timeout_s, self.settings.stream_interval_ms)
+                async with contextlib.aclosing(stream) as events:
+                    first = True
+                    async for event in events:
+                        if isinstance(event, ErrorEvent) and event.code in ("worker_crashed", "worker_timeout"):
+                            crashed = True
+                            self.last_error = event.message
+                            # a stall may be the request's own doing and has cost its timeout already
+                            retry = first and attempt == 1 and event.code == "worker_crashed"
+                            if retry:
+                                break
+                        elif isinstance(event, Finish) and event.usage.completion_tokens > 1:
+                            self.last_tokens_per_s = event.timings.per_second(event.usage)["predicted_per_second"]
+                        first = False
+                        yield event
+            finally:
+                self._release(model, time.monotonic() - started, crashed=crashed)
+            if not retry:
+                return
+            # the scheduler must see the process gone before the retry is admitted, or it would be
+            # granted the dead worker again
+            if await worker.exit_status(2.0) is None:
+                await worker.kill()
+            log.warning("worker for %r died before answering (%s); retrying the request once", model, self.last_error)
 
     async def load(self, model: str) -> Plan:
         """Make ``model`` the loaded one (admin API, preload); returns its plan."""
@@ -471,7 +495,11 @@ class Supervisor:
         self.state, self.model, self.since, self.plan = SlotState.LOADING, model, time.time(), plan
         path = self.model_file(model)
         spec = load_spec(model, self.registry.models[model], path, plan.gpu_layers, plan.prefix_cache_bytes)
-        worker = await self._take_spare(model)
+        try:
+            worker = await self._take_spare(model)
+        except BaseException:
+            self.state, self.model = SlotState.UNLOADED, None
+            raise
         try:
             info = await worker.load(spec, self.settings.load_timeout_s)
         except (ModelLoadFailed, WorkerFailed) as exc:
@@ -579,7 +607,18 @@ class Supervisor:
         if spare is not None:
             await spare.stop()
         worker = WorkerProcess(label=f"worker:{model}")
-        await worker.start()
+        try:
+            await worker.start()
+        except WorkerFailed:
+            if worker.returncode is None or worker.returncode >= 0:
+                raise
+            # killed by a signal before it was ready: like a kill mid-load, no verdict on anything
+            self.stats[model].crashes.append(time.monotonic())
+            raise ServiceUnavailable(
+                f"the model worker {describe_exit(worker.returncode)} while starting; retry",
+                code="worker_crashed",
+                retry_after=1,
+            ) from None
         return worker
 
     # --- reporting ---------------------------------------------------------------------------
