@@ -44,6 +44,7 @@ from bench.report import Report, add_arguments  # noqa: E402
 from tests.conftest import smollm_entry, start_daemon, write_registry  # noqa: E402
 from tests.fakes.common import FakeReply  # noqa: E402
 from tests.fakes.openai_fake import OpenAIFake  # noqa: E402
+from zoe_edge.bench.scoring import percentile  # noqa: E402
 from zoe_edge.registry import ensure_model_file, load_registry  # noqa: E402
 
 KEY_ENV = {"ZOE_BENCH_CLOUD_KEY": "sk-bench-not-a-real-key"}
@@ -170,11 +171,6 @@ async def run_load(url: str, pid: int, clients: int, duration: float) -> tuple[T
     return tally, samples
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=200)
@@ -220,7 +216,7 @@ def main() -> int:
     table = {}
     for outcome in sorted(tally.latencies):
         lat = tally.latencies[outcome]
-        p50, p99 = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
+        p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
         table[outcome] = {"count": len(lat), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1)}
         report.line(f"{outcome:40s} {len(lat):6d} {p50:8.0f} {p99:8.0f}")
     for what in tally.errors[:5]:

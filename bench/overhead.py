@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import Daemon, smollm_entry, start_daemon, write_registry  # noqa: E402
+from zoe_edge.bench.scoring import percentile  # noqa: E402
 from zoe_edge.registry import ensure_model_file, load_registry  # noqa: E402
 
 CONCURRENCY = (1, 50, 200)
@@ -52,11 +53,6 @@ BODY = {
     "temperature": 0,
 }
 PAYLOAD = json.dumps(BODY).encode()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def one(session: aiohttp.ClientSession, url: str, check_hit: bool) -> float:
@@ -115,8 +111,8 @@ def summary(latencies: list[float], elapsed: float, connections: int) -> dict[st
         "connections": connections,
         "requests": len(ms),
         "per_s": round(len(ms) / elapsed, 1),
-        "p50_ms": round(percentile(ms, 0.50), 3),
-        "p99_ms": round(percentile(ms, 0.99), 3),
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
         "mean_ms": round(statistics.fmean(ms), 3),
     }
 

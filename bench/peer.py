@@ -129,6 +129,14 @@ def interleaved(url: str, pairs: int, max_tokens: int, extra: dict[str, Any] | N
     return out
 
 
+def workload(url: str, args: argparse.Namespace, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Both workloads against one server, the same for either side."""
+    return {
+        "stream": streaming(url, args.reps, args.max_tokens, extra),
+        "ha": interleaved(url, args.pairs, 16, extra),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5, help="streaming repetitions per server")
@@ -159,18 +167,12 @@ def main() -> int:
         )
         daemon = start_daemon(write_registry(tmp, {"m": entry}), tmp)
         try:
-            results["zoe"] = {
-                "stream": streaming(daemon.url, args.reps, args.max_tokens, None),
-                "ha": interleaved(daemon.url, args.pairs, 16, None),
-            }
+            results["zoe"] = workload(daemon.url, args, None)
         finally:
             daemon.stop()
         peer = PeerServer(path, args.threads, tmp / "peer.log")
         try:
-            results["peer"] = {
-                "stream": streaming(peer.url, args.reps, args.max_tokens, PEER_EXTRA),
-                "ha": interleaved(peer.url, args.pairs, 16, PEER_EXTRA),
-            }
+            results["peer"] = workload(peer.url, args, PEER_EXTRA)
         finally:
             peer.stop()
 

@@ -14,7 +14,6 @@ Target: daemon / direct >= 0.97.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,38 +28,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import Report, add_arguments  # noqa: E402
+from bench.workload import stream_chat  # noqa: E402
 from tests.conftest import smollm_entry, start_daemon, write_registry  # noqa: E402
 from zoe_edge.registry import ensure_model_file, load_registry  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a long, detailed essay about the history of bread, with many examples."}]
 
 
-def daemon_run(url: str, max_tokens: int) -> tuple[float, float, int]:
+def daemon_run(client: httpx.Client, url: str, max_tokens: int) -> tuple[float, float, int]:
     """(ttft s, generation tok/s, completion tokens) for one streamed request through the daemon."""
-    body = {
-        "model": "m",
-        "messages": PROMPT,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    started = time.perf_counter()
-    first = last = 0.0
-    usage = 0
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]["completion_tokens"]
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-    return first - started, (usage - 1) / (last - first), usage
+    run = stream_chat(client, url, PROMPT, max_tokens)
+    if run.completion_tokens is None or run.tokens_per_s is None:
+        raise SystemExit("the daemon's stream carried no usage chunk; cannot count its tokens")
+    return run.ttft_s, run.tokens_per_s, run.completion_tokens
 
 
 def direct_run(llm: object, max_tokens: int) -> tuple[float, float, int]:
@@ -128,12 +108,13 @@ def main() -> int:
         llm = Llama(
             str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=args.threads, n_threads_batch=args.threads, verbose=False
         )
+        client = httpx.Client()
         try:
-            daemon_run(daemon.url, args.max_tokens)  # warm-up, discarded
+            daemon_run(client, daemon.url, args.max_tokens)  # warm-up, discarded
             direct_run(llm, args.max_tokens)
             rows = []
             for rep in range(args.reps):
-                d = daemon_run(daemon.url, args.max_tokens)
+                d = daemon_run(client, daemon.url, args.max_tokens)
                 p = direct_run(llm, args.max_tokens)
                 rows.append((d, p))
                 report.line(
@@ -141,6 +122,7 @@ def main() -> int:
                     f"direct {p[1]:6.1f} tok/s (ttft {p[0] * 1000:5.0f} ms)"
                 )
         finally:
+            client.close()
             daemon.stop()
 
     d_med = statistics.median(r[0][1] for r in rows)

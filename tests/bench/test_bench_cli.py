@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,10 @@ def test_quick_bench_writes_scores_that_a_route_selects_by(tmp_path: Path, model
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "smollm2-135m" in run.stdout and "gemma3-270m" in run.stdout  # the summary table
+    # not a terminal: progress comes as log lines, ending with one per (model, suite)
+    for model in ("smollm2-135m", "gemma3-270m"):
+        for suite in ("latency", "hallucination", "tools"):
+            assert re.search(rf"{model} {suite}: (\d+)/\1 done", run.stderr), (model, suite, run.stderr[-2000:])
 
     text = registry.read_text()
     for comment in comments:  # every comment of the owner's file survives

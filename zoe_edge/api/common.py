@@ -134,30 +134,30 @@ def check_key(observer: Observer, key: ClientKey, name: str) -> str | None:
     return observer.spend.over_budget(key, now)
 
 
-_GGUF_CACHE: dict[tuple[str, int, int], GGUFInfo] = {}
-
-
 async def fit_map(supervisor: Supervisor) -> tuple[dict[str, bool], dict[str, int]]:
     """Whether each registry model fits the current profile (as if swapped in), and its file size.
 
-    For routes that select by score. GGUF headers are read once per file version (path, size, mtime).
+    For routes that select by score. :func:`read_gguf` parses a header once per file version.
     """
+
+    def headers() -> dict[str, GGUFInfo | None]:
+        out: dict[str, GGUFInfo | None] = {}
+        for model in supervisor.registry.models:
+            try:
+                out[model] = read_gguf(supervisor.model_file(model))
+            except (GGUFError, OSError, ValueError):
+                out[model] = None
+        return out
+
     fits: dict[str, bool] = {}
     sizes: dict[str, int] = {}
-    for model, entry in supervisor.registry.models.items():
-        try:
-            path = await asyncio.to_thread(supervisor.model_file, model)
-            st = path.stat()
-            key = (str(path), st.st_size, st.st_mtime_ns)
-            info = _GGUF_CACHE.get(key)
-            if info is None:
-                info = _GGUF_CACHE[key] = await asyncio.to_thread(read_gguf, path)
-        except (GGUFError, OSError, ValueError):
+    for model, info in (await asyncio.to_thread(headers)).items():
+        if info is None:
             fits[model] = False
             continue
         replacing = supervisor.model is not None and supervisor.model != model
-        fits[model] = plan_entry(model, entry, info, supervisor.budget(replacing)).fits
-        sizes[model] = st.st_size
+        fits[model] = plan_entry(model, supervisor.registry.models[model], info, supervisor.budget(replacing)).fits
+        sizes[model] = info.size_bytes
     return fits, sizes
 
 

@@ -53,8 +53,9 @@ def run(args: argparse.Namespace, registry: Registry, settings: Settings) -> int
 
         def progress(model: str, suite: str, done: int, total: int) -> None:
             bar.update(tasks[(model, suite)], completed=done, total=total)
-            if done == total and not console.is_terminal:
-                console.log(f"{model} {suite}: done ({total} steps)")  # a log has no live bars
+            # a log (systemd, a redirect) has no live bars: a line at every tenth of the way instead
+            if not console.is_terminal and (done == total or done * 10 // total > (done - 1) * 10 // total):
+                console.log(f"{model} {suite}: {done}/{total}" + (" done" if done == total else ""))
 
         try:
             asyncio.run(
