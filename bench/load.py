@@ -12,7 +12,9 @@ sampled (psutil); the first and the last ``--window`` seconds are compared.
     .venv/bin/python bench/load.py [--clients 200] [--duration 60] [--quick] [--json OUT]
 
 Targets: 0 errors; daemon RSS growth (last window mean / first window mean - 1) < 10%;
-open fds flat: last window mean / first window mean <= 1.10.
+open fds flat: last window mean / first window mean <= 1.10. The fds are also counted by kind
+(sockets of the load's clients, sockets to the cloud fake, everything else) and once before the load
+and once after its clients hang up: open connections rise and fall with the load, a leak stays.
 """
 
 from __future__ import annotations
@@ -147,28 +149,57 @@ async def client(url: str, seed: int, until: float, tally: Tally, session: aioht
         await asyncio.sleep(rng.uniform(0.05, 0.25))
 
 
-async def sample(pid: int, until: float, samples: list[tuple[float, int, int]]) -> None:
+@dataclass
+class Sample:
+    t: float
+    rss: int
+    fds: int
+    client_socks: int  # accepted connections from the load's clients
+    upstream_socks: int  # connections to the cloud fake
+
+    @property
+    def other_fds(self) -> int:
+        """What is neither kind of socket: files, the worker's unix sockets, the ledger; where a leak would show."""
+        return self.fds - self.client_socks - self.upstream_socks
+
+
+def take_sample(proc: psutil.Process, t: float, port: int, upstream_port: int) -> Sample:
+    conns = proc.net_connections(kind="tcp")
+    clients = sum(1 for c in conns if c.laddr and c.laddr.port == port and c.raddr)
+    upstream = sum(1 for c in conns if c.raddr and c.raddr.port == upstream_port)
+    return Sample(t, proc.memory_info().rss, proc.num_fds(), clients, upstream)
+
+
+async def sample(pid: int, until: float, samples: list[Sample], port: int, upstream_port: int) -> None:
     proc = psutil.Process(pid)
     await asyncio.sleep(1.0)  # the clients spread their start over the first second: sample under load
     start = time.monotonic()
     while time.monotonic() < until:
         try:
-            samples.append((time.monotonic() - start, proc.memory_info().rss, proc.num_fds()))
+            samples.append(take_sample(proc, time.monotonic() - start, port, upstream_port))
         except psutil.Error:
             return
         await asyncio.sleep(1.0)
 
 
-async def run_load(url: str, pid: int, clients: int, duration: float) -> tuple[Tally, list[tuple[float, int, int]]]:
+async def run_load(
+    url: str, pid: int, clients: int, duration: float, upstream_port: int
+) -> tuple[Tally, list[Sample], Sample, Sample]:
+    """The load, its samples, and one sample each from before it and from after its clients hung up."""
     tally = Tally()
-    samples: list[tuple[float, int, int]] = []
+    samples: list[Sample] = []
+    port = int(url.rsplit(":", 1)[1])
+    proc = psutil.Process(pid)
+    before = take_sample(proc, -1.0, port, upstream_port)
     until = time.monotonic() + duration
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks = [asyncio.create_task(client(url, seed, until, tally, session)) for seed in range(clients)]
-        await asyncio.gather(sample(pid, until, samples), *tasks)
-    return tally, samples
+        await asyncio.gather(sample(pid, until, samples, port, upstream_port), *tasks)
+    await asyncio.sleep(3.0)  # the daemon notices the closed connections
+    after = take_sample(proc, duration + 3.0, port, upstream_port)
+    return tally, samples, before, after
 
 
 def main() -> int:
@@ -199,7 +230,10 @@ def main() -> int:
         reg.write_text(yaml.safe_dump(data))
         daemon = start_daemon(reg, tmp, env=KEY_ENV)
         try:
-            tally, samples = asyncio.run(run_load(daemon.url, daemon.proc.pid, args.clients, args.duration))
+            upstream_port = fake.port
+            tally, samples, before, after = asyncio.run(
+                run_load(daemon.url, daemon.proc.pid, args.clients, args.duration, upstream_port)
+            )
             alive = daemon.proc.poll() is None
         finally:
             daemon.stop()
@@ -222,23 +256,47 @@ def main() -> int:
     for what in tally.errors[:5]:
         report.line(f"  error: {what}")
 
-    first = [s for s in samples if s[0] < args.window]
-    last = [s for s in samples if s[0] >= samples[-1][0] - args.window] if samples else []
-    rss0, rss1 = statistics.mean(s[1] for s in first), statistics.mean(s[1] for s in last)
-    fd0, fd1 = statistics.mean(s[2] for s in first), statistics.mean(s[2] for s in last)
+    first = [s for s in samples if s.t < args.window]
+    last = [s for s in samples if s.t >= samples[-1].t - args.window] if samples else []
+
+    def mean(window: list[Sample], what: str) -> float:
+        return statistics.mean(float(getattr(s, what)) for s in window)
+
+    rss0, rss1 = mean(first, "rss"), mean(last, "rss")
+    fd0, fd1 = mean(first, "fds"), mean(last, "fds")
     growth = rss1 / rss0 - 1
     report.line(
         f"daemon RSS: first {args.window:g} s {rss0 / 2**20:.1f} MiB, last {args.window:g} s {rss1 / 2**20:.1f} MiB "
         f"(growth {growth * 100:+.1f}%); open fds: {fd0:.0f} -> {fd1:.0f} (ratio {fd1 / fd0:.3f})"
+    )
+    # where the fds are: sockets the clients hold open come and go with the load; a leak shows in the rest
+    report.line(
+        "open fds by kind, first -> last window: "
+        + ", ".join(
+            f"{label} {mean(first, what):.0f} -> {mean(last, what):.0f}"
+            for label, what in (
+                ("client sockets", "client_socks"),
+                ("cloud sockets", "upstream_socks"),
+                ("other", "other_fds"),
+            )
+        )
+    )
+    report.line(
+        f"open fds before the load {before.fds} (other {before.other_fds}), 3 s after its clients hung up "
+        f"{after.fds} (other {after.other_fds}, client sockets {after.client_socks}, cloud sockets "
+        f"{after.upstream_socks})"
     )
     met_err = report.target(
         "errors (not 2xx, not 429/503 with Retry-After)", "<= 0", float(errors + (0 if alive else 1))
     )
     met_rss = report.target("daemon RSS growth, last vs first window", "< 0.10", growth, "fraction")
     met_fds = report.target("open fds, last / first window", "<= 1.10", fd1 / fd0, "ratio")
+    other0, other1 = mean(first, "other_fds"), mean(last, "other_fds")
+    met_other = report.target("fds other than sockets, last / first window", "<= 1.10", other1 / other0, "ratio")
     report.line(
         f"errors {errors}: {report.verdict(met_err)}; RSS growth {growth * 100:+.1f}% (< 10%): "
-        f"{report.verdict(met_rss)}; fds ratio {fd1 / fd0:.3f} (<= 1.10): {report.verdict(met_fds)}"
+        f"{report.verdict(met_rss)}; fds ratio {fd1 / fd0:.3f} (<= 1.10): {report.verdict(met_fds)}; "
+        f"fds other than sockets {other1 / other0:.3f} (<= 1.10): {report.verdict(met_other)}"
     )
     report.data = {
         "clients": args.clients,
@@ -247,7 +305,18 @@ def main() -> int:
         "outcomes": table,
         "errors": tally.errors,
         "cloud_requests": cloud_requests,
-        "samples": [{"t": round(t, 1), "rss_mib": round(r / 2**20, 1), "fds": f} for t, r, f in samples],
+        "samples": [
+            {
+                "t": round(s.t, 1),
+                "rss_mib": round(s.rss / 2**20, 1),
+                "fds": s.fds,
+                "client_socks": s.client_socks,
+                "upstream_socks": s.upstream_socks,
+            }
+            for s in samples
+        ],
+        "fds_before": before.fds,
+        "fds_after": after.fds,
     }
     report.write(args.json)
     return 0
