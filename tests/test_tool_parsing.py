@@ -559,6 +559,29 @@ def test_call_grammar_caps_free_strings_but_keeps_schema_limits() -> None:
     assert "char*" in schema_grammar({"type": "object", "properties": {"t": {"type": "string"}}})
 
 
+def test_call_grammar_caps_free_arrays_but_keeps_schema_limits() -> None:
+    lists = Tool(
+        name="Turn",
+        parameters={
+            "type": "object",
+            "properties": {
+                "domain": {"type": "array", "items": {"type": "string"}},
+                "pair": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
+                "many": {"type": "array", "items": {"type": "integer"}, "minItems": 20},
+            },
+        },
+    )
+    gbnf = T.call_grammar([lists], "generic", parallel=False)
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines())
+    # a small model that keeps listing never closes the bracket: the cap makes it close
+    assert rules["call0-arguments-domain"].count("call0-arguments-domain-item") == T.MAX_ARGUMENT_ITEMS
+    assert rules["call0-arguments-pair"].count("call0-arguments-pair-item") == 2
+    assert rules["call0-arguments-many"].count("integer") == 20  # minItems wins over the cap
+    # response_format is not capped: a document may list anything
+    free = schema_grammar({"type": "array", "items": {"type": "string"}})
+    assert "*" in dict(line.split(" ::= ", 1) for line in free.splitlines())["root"]
+
+
 def test_pathological_output_is_text_not_a_crash() -> None:
     deep = "[" * 100_000
     assert T.parse(deep, "generic") is None

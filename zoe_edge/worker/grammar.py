@@ -265,10 +265,13 @@ def integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
 class Converter(SchemaConverter):
     """llama-cpp-python's converter with numeric ranges; everything else is upstream's."""
 
-    def __init__(self, prop_order: list[str] | None = None, max_string: int | None = None) -> None:
+    def __init__(
+        self, prop_order: list[str] | None = None, max_string: int | None = None, max_items: int | None = None
+    ) -> None:
         order = {name: i for i, name in enumerate(prop_order or [])}
         super().__init__(prop_order=order, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
         self.max_string = max_string
+        self.max_items = max_items
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
         kind = schema.get("type")
@@ -278,6 +281,8 @@ class Converter(SchemaConverter):
         if kind == "string" and free and self.max_string is not None:
             # a narrower language, never a wider one: every capped string is still schema-valid
             schema = {**schema, "maxLength": max(self.max_string, schema.get("minLength", 0))}
+        if kind == "array" and "maxItems" not in schema and "prefixItems" not in schema and self.max_items is not None:
+            schema = {**schema, "maxItems": max(self.max_items, schema.get("minItems", 0))}
         plain = not any(k in schema for k in ("enum", "const", "anyOf", "oneOf", "$ref"))
         if kind in ("integer", "number") and plain and any(k in schema for k in _BOUNDS):
             rule_name = name + "-" if name in RESERVED_NAMES else name or "root"

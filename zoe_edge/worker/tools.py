@@ -36,6 +36,9 @@ MAX_CALLS = 4
 # inside a string ("90 percent brighter, 90 percent brighter, ...") until max_tokens cuts the call in
 # half. Device names, areas and places are far shorter; a schema's own maxLength overrides it.
 MAX_ARGUMENT_STRING = 128
+# the same for arrays without maxItems: a small model listing domains ("light", "switch", "light",
+# ...) never closes the bracket. A schema's own maxItems overrides it.
+MAX_ARGUMENT_ITEMS = 16
 
 _ARGS_KEY: dict[str, str] = {
     "hermes": "arguments",
@@ -239,7 +242,7 @@ def call_grammar(tools: list[Tool], fmt: ToolFormat, parallel: bool, only: str |
         raise UnsupportedSchema(problems)
 
     key = _ARGS_KEY[fmt]
-    conv = Converter(prop_order=["name", key], max_string=MAX_ARGUMENT_STRING)
+    conv = Converter(prop_order=["name", key], max_string=MAX_ARGUMENT_STRING, max_items=MAX_ARGUMENT_ITEMS)
     alternatives = []
     for i, (tool, schema) in enumerate(zip(chosen, params, strict=True)):
         resolved = conv.resolve_refs(copy.deepcopy(schema), f"tool{i}")
