@@ -297,13 +297,22 @@ class Supervisor:
 
         A worker that dies before the first event (killed while idle, loading or reading the
         prompt) costs the request nothing the client can see: it is run once more on a fresh
-        worker. A second death is reported, and counts towards the crash-loop limit like the first.
+        worker. A second death is reported, and counts towards the crash-loop limit like the first;
+        so is the first when the retry could not start within the deadline (a route then falls back
+        on the crash).
         """
         for attempt in (1, 2):
             try:
                 ticket = await self._admit(model, deadline)
                 worker = await self._await_grant(ticket, deadline)
             except ServiceUnavailable as exc:
+                if attempt == 2 and exc.code in ("busy", "queue_full"):
+                    # the crash is the news: a route falls back on it, not on the wait the retry would need
+                    raise ServiceUnavailable(
+                        f"the model worker died before answering and a retry would wait too long: {exc.message}",
+                        code="worker_crashed",
+                        retry_after=exc.retry_after or 1,
+                    ) from None
                 if exc.code != "worker_crashed" or attempt == 2:
                     raise
                 log.warning("%s; retrying the request once", exc.message)
