@@ -112,7 +112,7 @@ def one_fault(daemon: Daemon, rng: random.Random, phase: str, seen: set[int]) ->
     assert r.status_code == 503, r.text
     check_error_body(r.json())
     assert int(r.headers["Retry-After"]) >= 1
-    return "clean-503"
+    return "clean-503 " + repr(r.json()["error"]["message"])
 
 
 @pytest.fixture()
@@ -152,9 +152,10 @@ def test_worker_sigkill_at_random_phases(lone_daemon: Daemon) -> None:
     kinds = {phase: {o.split()[0] for o in found} for phase, found in outcomes.items()}
     # a worker that dies before the first token is replaced and the request run again: the client
     # never hears of a kill while idle or loading, and one during prompt processing costs nothing
-    # unless a token had already gone out
+    # unless a token had already gone out. A loading-phase kill can land after the load, once the
+    # answer has begun: that one is a mid-generation death, reported as such
     assert kinds["idle"] == {"success"}, outcomes
-    assert kinds["loading"] == {"success"}, outcomes
+    assert all(o.startswith("success") or "during generation" in o for o in outcomes["loading"]), outcomes
     assert kinds["prompt"] <= {"complete", "error-event"}, outcomes
     # every kill after the first byte of a stream ended in an SSE error event, never a silent cut
     assert kinds["mid-stream"] <= {"error-event", "complete"}, outcomes
