@@ -510,14 +510,16 @@ class Supervisor:
             self.state, self.model = SlotState.UNLOADED, None
             raise
         try:
+            if worker.pid is None:  # no spare was ready
+                await worker.start()
             info = await worker.load(spec, self.settings.load_timeout_s)
         except (ModelLoadFailed, WorkerFailed) as exc:
             returncode = await worker.exit_status(0.2)
             await worker.stop()
             if returncode is not None and returncode < 0 and not self._crash_looping(model):
-                # killed mid-load by a signal (an operator, the OOM killer): no verdict on the file yet, so
-                # no back-off; this client hears 503 and the next request loads afresh. A model that keeps
-                # dying this way reaches the crash-loop limit and backs off like any failed load.
+                # killed by a signal while starting or loading (an operator, the OOM killer): no verdict on
+                # the file yet, so no back-off; this client hears 503 and the next request loads afresh. A
+                # model that keeps dying this way reaches the crash-loop limit and backs off like any failed load.
                 self.stats[model].crashes.append(time.monotonic())
                 self.state, self.model = SlotState.UNLOADED, None
                 self._start_spare()
@@ -607,6 +609,7 @@ class Supervisor:
         self._spare = spare
 
     async def _take_spare(self, model: str) -> WorkerProcess:
+        """The pre-spawned worker when it is alive, else a new one for the caller to start."""
         if self._spare_task is not None and not self._spare_task.done():
             await asyncio.gather(self._spare_task, return_exceptions=True)
         spare, self._spare = self._spare, None
@@ -615,20 +618,8 @@ class Supervisor:
             return spare
         if spare is not None:
             await spare.stop()
-        worker = WorkerProcess(label=f"worker:{model}")
-        try:
-            await worker.start()
-        except WorkerFailed:
-            if worker.returncode is None or worker.returncode >= 0:
-                raise
-            # killed by a signal before it was ready: like a kill mid-load, no verdict on anything
-            self.stats[model].crashes.append(time.monotonic())
-            raise ServiceUnavailable(
-                f"the model worker {describe_exit(worker.returncode)} while starting; retry",
-                code="worker_crashed",
-                retry_after=1,
-            ) from None
-        return worker
+        # not started here: a start that fails is a failed load, judged by the load's own rules
+        return WorkerProcess(label=f"worker:{model}")
 
     # --- reporting ---------------------------------------------------------------------------
 
