@@ -14,6 +14,18 @@ MAX_REQUEST_TTL = 86400.0
 RouteCacheMode = bool | Literal["deterministic"]
 
 
+def _seconds(value: Any, unbounded: str) -> Any:
+    """A duration string such as '10m' as seconds; ``unbounded`` is the error for one with no end."""
+    if not isinstance(value, str):
+        return value
+    from zoe_edge.registry import parse_duration  # the registry imports this module
+
+    seconds = parse_duration(value)
+    if seconds is None:
+        raise ValueError(unbounded)
+    return seconds
+
+
 class CacheSettings(BaseModel):
     """Exact-match response cache. Absent from the registry: off. ``cache: {}``: in-memory with defaults.
 
@@ -37,14 +49,7 @@ class CacheSettings(BaseModel):
     @field_validator("ttl", mode="before")
     @classmethod
     def _ttl(cls, value: Any) -> Any:
-        from zoe_edge.registry import parse_duration
-
-        if isinstance(value, str):
-            seconds = parse_duration(value)
-            if seconds is None:
-                raise ValueError("the cache needs a finite ttl such as '10m'")
-            return seconds
-        return value
+        return _seconds(value, "the cache needs a finite ttl such as '10m'")
 
     @field_validator("url")
     @classmethod
@@ -94,13 +99,6 @@ class CacheControls(BaseModel):
     @field_validator("ttl", mode="before")
     @classmethod
     def _ttl(cls, value: Any) -> Any:
-        from zoe_edge.registry import parse_duration
-
         if isinstance(value, bool):
             raise ValueError("ttl must be a number of seconds such as 60 or '5m'")
-        if isinstance(value, str):
-            seconds = parse_duration(value)
-            if seconds is None:
-                raise ValueError("ttl must be a finite number of seconds such as 60 or '5m'")
-            return seconds
-        return value
+        return _seconds(value, "ttl must be a finite number of seconds such as 60 or '5m'")
