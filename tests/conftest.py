@@ -128,6 +128,17 @@ def smollm_entry(path: Path, **overrides: object) -> dict[str, object]:
     return entry
 
 
+def shipped_routes_registry(tmp: Path, smollm_path: Path, **entry: object) -> Path:
+    """SmolLM2 behind the shipped ``auto`` rules and route names, every route served by SmolLM2 alone."""
+    registry = write_registry(tmp, {"smollm2-135m": smollm_entry(smollm_path, **entry)}, {"zoe-chat": "smollm2-135m"})
+    shipped = yaml.safe_load((REPO / "models.yaml").read_text())
+    data = yaml.safe_load(registry.read_text())
+    data["routes"] = {name: {"targets": ["smollm2-135m"]} for name in shipped["routes"]}
+    data["auto"] = shipped["auto"]
+    registry.write_text(yaml.safe_dump(data))
+    return registry
+
+
 def start_daemon(
     registry: Path,
     tmp: Path,

@@ -61,11 +61,18 @@ class ToolChoice(BaseModel):
 
     mode: Literal["auto", "none", "required", "function"] = "auto"
     name: str | None = None
+    # with ``function``: a narrower schema for the call's arguments than the tool's own (every value it
+    # allows, the tool's schema allows too). The call grammar enforces it while the prompt still shows
+    # the tools exactly as the client sent them, so a long tool prompt stays one reusable prefix.
+    # Set by the assist turn planner only; no front parses it from a client.
+    arguments: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _named(self) -> ToolChoice:
         if (self.mode == "function") != (self.name is not None):
             raise ValueError("a name goes with mode 'function' and only with it")
+        if self.arguments is not None and self.mode != "function":
+            raise ValueError("an arguments schema goes with mode 'function' only")
         return self
 
 
@@ -118,6 +125,9 @@ class GenerationRequest(BaseModel):
     # what the grammar is worth; no API front exposes it.
     tool_grammar: bool = True
     stream: bool = False
+    # the context the client asks for (Ollama's options.num_ctx); None: the registry's n_ctx. The
+    # supervisor's planner decides what it gets (see zoe_edge.supervisor.planner.choose_context)
+    n_ctx: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _tools_consistent(self) -> GenerationRequest:
@@ -132,6 +142,14 @@ class GenerationRequest(BaseModel):
             # one grammar per answer: a call and a response_format cannot both constrain it
             raise ValueError("response_format cannot be combined with tools unless tool_choice is 'none'")
         return self
+
+    @property
+    def call_tools(self) -> list[Tool]:
+        """The tools as the call grammar constrains them: ``tool_choice.arguments`` narrows its tool."""
+        narrowed = self.tool_choice.arguments
+        if narrowed is None:
+            return self.tools
+        return [t.model_copy(update={"parameters": narrowed}) if t.name == self.tool_choice.name else t for t in self.tools]
 
     @property
     def uses_tools(self) -> bool:

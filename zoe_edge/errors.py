@@ -16,6 +16,8 @@ class ZoeError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    # which route target answered with this error (``local:<model>``, ``<provider>:<model>``), when one did
+    target: str | None = None
 
     def __init__(
         self,

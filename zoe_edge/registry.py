@@ -205,6 +205,19 @@ class ThermalSettings(BaseModel):
         return self
 
 
+class AssistSettings(BaseModel):
+    """How local models serve Home Assistant Assist turns (see :mod:`zoe_edge.assist`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # plan each turn from the utterance: one narrowed call for a command, live context first for a
+    # state question, no tools for chit-chat, never a second call after a result
+    enabled: bool = True
+    # after a tool result: "result" speaks one sentence built on the result (never a claim it does
+    # not support); "model" lets the local model write the answer, without tools
+    answers: Literal["result", "model"] = "result"
+
+
 class AdmissionSettings(BaseModel):
     """How long requests may queue for the single slot, and how hard the slot resists swapping."""
 
@@ -291,6 +304,8 @@ class AutoRule(BaseModel):
     reason: str
     tools: bool | None = None  # the request offers tools (True) or does not (False)
     pattern: str | None = None  # a regular expression searched in the last user message, ignoring case
+    # what the last user message is, as zoe_edge.assist.utterance classifies it
+    utterance: Literal["command", "question", "memory", "chat"] | None = None
     tool_choice: ToolChoicePolicy | None = None  # how the chosen route should use the tools for this kind
 
     @field_validator("pattern")
@@ -336,6 +351,7 @@ class Registry(BaseModel):
     preload: str | None = Field(default=None, description="model loaded at start; default: the default model")
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    assist: AssistSettings = Field(default_factory=AssistSettings)
     thermal: ThermalSettings = Field(default_factory=ThermalSettings)
     keys: dict[str, KeyEntry] = Field(default_factory=dict, description="API keys by id (see zoe_edge.access)")
     usage: UsageSettings = Field(default_factory=UsageSettings)

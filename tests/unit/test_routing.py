@@ -85,9 +85,11 @@ def test_everything_else_is_chat(registry: Any, text: str) -> None:
     assert (route, reason) == ("zoe-chat", "no rule matched"), text
 
 
-def test_tools_make_any_request_an_action(registry: Any) -> None:
-    route, reason = classify(registry.auto, chat("What is the capital of France?", tools=True))
-    assert (route, reason) == ("zoe-action", "tools present")
+def test_tools_alone_do_not_make_a_request_an_action(registry: Any) -> None:
+    # Home Assistant sends its tools with every turn: what was said decides, not the tools
+    assert classify(registry.auto, chat("Tell me a joke", tools=True)) == ("zoe-chat", "no rule matched")
+    route, reason = classify(registry.auto, chat("Is the kitchen light on?", tools=True))
+    assert (route, reason) == ("zoe-action", "state question")
 
 
 def test_auto_plan_carries_the_reason(registry: Any) -> None:
@@ -182,8 +184,8 @@ def test_first_turn_policy_forces_one_call_then_text() -> None:
 def test_device_command_rule_carries_its_tool_policy(registry: Any) -> None:
     plan = plan_request(registry, "auto", chat("Turn on the lights", tools=True))
     assert plan.reason == "zoe-action (device command)" and plan.tool_choice == "first-turn"
-    plan = plan_request(registry, "auto", chat("What is the capital of France?", tools=True))
-    assert plan.reason == "zoe-action (tools present)" and plan.tool_choice is None
+    plan = plan_request(registry, "auto", chat("Is the kitchen light on?", tools=True))
+    assert plan.reason == "zoe-action (state question)" and plan.tool_choice is None
 
 
 def test_thermal_skip() -> None:

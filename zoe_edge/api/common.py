@@ -92,13 +92,20 @@ async def open_generation(
     looked = await app[CACHE].lookup(plan, req, cache, request.headers.get("Cache-Control"))
     request["zoe_cache"] = looked.status
     # a hit replays the stored answer and never calls dispatch: no supervisor, no upstream
-    dispatched = await app[CACHE].open(
-        looked,
-        plan,
-        lambda: app[DISPATCHER].dispatch(
-            plan, req, deadline_header(request), local_only, retry_after=seconds_to_midnight(time.time())
-        ),
-    )
+    # an error from here on still tells the client which route it took (and which target failed)
+    request["zoe_route"] = {"x-zoe-route": plan.reason}
+    try:
+        dispatched = await app[CACHE].open(
+            looked,
+            plan,
+            lambda: app[DISPATCHER].dispatch(
+                plan, req, deadline_header(request), local_only, retry_after=seconds_to_midnight(time.time())
+            ),
+        )
+    except ZoeError as exc:
+        if exc.target is not None:
+            request["zoe_route"] = {"x-zoe-route": plan.reason, "x-zoe-served-by": exc.target}
+        raise
     request["zoe_model"] = dispatched.served_by.label
     request["zoe_route"] = dispatched.headers()
     log.info("route %s -> %s (cache %s: %s)", plan.reason, dispatched.served_by.label, looked.status, looked.reason)

@@ -116,8 +116,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 def _render_error(request: web.Request, exc: ZoeError) -> web.Response:
     """Each client family gets errors in its own shape: Ollama's under /api, OpenAI's elsewhere."""
     if request.path.startswith("/api/") and not request.path.startswith("/api/telemetry"):
-        return ollama.error_response(exc)
-    return openai.error_response(exc)
+        response = ollama.error_response(exc)
+    else:
+        response = openai.error_response(exc)
+    # where the request was routed, when it got that far (x-zoe-route, x-zoe-served-by)
+    route = request.get("zoe_route")
+    if isinstance(route, dict):
+        response.headers.update(route)
+    return response
 
 
 def _log_error(request: web.Request, exc: ZoeError) -> None:

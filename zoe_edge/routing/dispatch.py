@@ -12,7 +12,8 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from zoe_edge.canonical import ErrorEvent, Event, GenerationRequest
+from zoe_edge.assist import TurnPlan, plan_turn
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, Usage
 from zoe_edge.errors import ServiceUnavailable, TooManyRequests, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.resolve import with_model_defaults
@@ -42,9 +43,12 @@ class Dispatched:
     events: AsyncGenerator[Event, None]
     skipped: list[str] = field(default_factory=list)  # "target: why", one per target passed over
     cache: str | None = None  # hit | miss | bypass, from the response cache
+    turn: str | None = None  # how the assist turn planner shaped a local answer, when it did
 
     def headers(self) -> dict[str, str]:
         out = {"x-zoe-route": self.plan.reason, "x-zoe-served-by": self.served_by.label}
+        if self.turn is not None:
+            out["x-zoe-turn"] = self.turn
         if self.skipped:
             out["x-zoe-fallback-reason"] = "; ".join(self.skipped)
         if self.cache is not None:
@@ -52,14 +56,26 @@ class Dispatched:
         return out
 
 
-def apply_route_params(req: GenerationRequest, plan: RoutePlan) -> GenerationRequest:
-    """Route overrides under the client's explicit values."""
-    update: dict[str, object] = {"tool_choice": effective_tool_choice(plan.tool_choice, req)}
+def apply_route_params(req: GenerationRequest, plan: RoutePlan, planned_turn: bool = False) -> GenerationRequest:
+    """Route overrides under the client's explicit values.
+
+    ``planned_turn``: the assist turn planner already chose the tool choice, which the route's
+    policy must not undo.
+    """
+    update: dict[str, object] = {}
+    if not planned_turn:
+        update["tool_choice"] = effective_tool_choice(plan.tool_choice, req)
     if plan.defaults_from is not None:
         params = plan.defaults_from.params
         update["sampling"] = req.sampling.merged_over(params.sampling)
         update["max_tokens"] = req.max_tokens if req.max_tokens is not None else params.max_tokens
     return req.model_copy(update=update)
+
+
+async def _spoken(text: str) -> AsyncGenerator[Event, None]:
+    """An answer the turn planner built from a tool result: no model call, no tokens."""
+    yield TextDelta(text)
+    yield Finish("stop", Usage(0, 0))
 
 
 def _always_cool() -> tuple[str, str]:
@@ -79,8 +95,19 @@ class Dispatcher:
         self.upstreams = upstreams
         self.thermal = thermal  # (state, reason) from the telemetry sampler
 
-    def _open(self, target: Target, req: GenerationRequest, deadline: float | None) -> AsyncGenerator[Event, None]:
+    def _turn(self, req: GenerationRequest) -> TurnPlan:
+        settings = self.registry.assist
+        if not settings.enabled:
+            return TurnPlan(req, "assist planning is off", applied=False)
+        return plan_turn(req, settings.answers)
+
+    def _open(
+        self, target: Target, req: GenerationRequest, deadline: float | None, turn: TurnPlan
+    ) -> AsyncGenerator[Event, None]:
         if target.local:
+            # cloud models plan their own turns; the planner shapes what a small local model is asked
+            if turn.answer is not None:
+                return _spoken(turn.answer)
             local = with_model_defaults(req, self.registry.models[target.model])
             return self.supervisor.generate(target.model, local, deadline)
         upstream = self.upstreams[target.provider or ""]
@@ -121,6 +148,8 @@ class Dispatcher:
                 code="budget_exceeded",
                 retry_after=retry_after,
             )
+        turn = self._turn(req)
+        local_req = apply_route_params(turn.request, plan, planned_turn=turn.applied)
         req = apply_route_params(req, plan)
         wait = deadline if deadline is not None else plan.deadline
         skipped: list[str] = []
@@ -137,13 +166,14 @@ class Dispatcher:
                 if alone:
                     raise ServiceUnavailable(f"{target.label}: {why}", code="too_hot", retry_after=60)
                 continue
-            events = self._open(target, req, wait)
+            events = self._open(target, local_req if target.local else req, wait, turn)
             try:
                 first = await anext(events, None)
             except ZoeError as exc:
                 await events.aclose()
                 reason = fallback_reason(exc.code, exc.status)
                 if reason is None or alone:
+                    exc.target = target.label
                     raise
                 skipped.append(f"{target.label}: {reason} ({exc.message})")
                 if exc.retry_after is not None:
@@ -157,7 +187,10 @@ class Dispatcher:
                     continue
             if skipped:
                 log.warning("%s served by %s after: %s", plan.route, target.label, "; ".join(skipped))
-            return Dispatched(plan, target, first, events, skipped)
+            shaped = turn.reason if target.local and turn.applied else None
+            if shaped is not None:
+                log.info("assist turn (%s): %s", turn.kind, shaped)
+            return Dispatched(plan, target, first, events, skipped, turn=shaped)
         tried = "; ".join(skipped) or "no targets"
         raise ServiceUnavailable(
             f"no target could serve {plan.route!r}: {tried}",

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from zoe_edge.assist.utterance import classify as classify_utterance
 from zoe_edge.canonical import GenerationRequest, ToolChoice
 from zoe_edge.errors import ModelNotFound
 from zoe_edge.registry import AutoRouting, AutoRule, Registry, Route, SelectTarget, ToolChoicePolicy
@@ -66,6 +67,8 @@ def match_rule(auto: AutoRouting, req: GenerationRequest) -> AutoRule | None:
         if rule.tools is not None and rule.tools != bool(req.tools):
             continue
         if rule.pattern is not None and not re.search(rule.pattern, text, re.IGNORECASE):
+            continue
+        if rule.utterance is not None and classify_utterance(text).kind != rule.utterance:
             continue
         return rule
     return None
