@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ from zoe_edge.supervisor import device
 from zoe_edge.supervisor.device import SIMULATED, DeviceProfile, MiB
 from zoe_edge.supervisor.planner import (
     Budget,
+    ContextDecision,
     ModelShape,
     Plan,
+    choose_context,
     compute_buffer_bytes,
     kv_cache_bytes,
     plan_entry,
@@ -609,3 +612,181 @@ def test_profile_as_dict() -> None:
         "gpu_free_mb": 0,
         "simulated": True,
     }
+
+
+# --- the context a request is served at (choose_context) ---------------------------------------
+#
+# SmolLM2 by the formulas above, for n >= 512 tokens of context:
+#   KV(n) = 2 x 30 x 3 x 64 x 2 bytes x n = 23,040 n
+#   compute(n) = max(512 x 49,152 x 4 = 100,663,296, 512 x n x 9 x 4 = 18,432 n) + 512 x 576 x 16 (4,718,592)
+#   (the attention scores take over above n = 5461)
+#   total(n) = 98,362,432 + KV + compute + 209,715,200
+#            = 312,796,224 + 41,472 n for n > 5461; total(8192) = 652,534,848; total(6144) = 567,600,192;
+#              total(6400) = 578,217,024; total(2048) = 413,459,520 + 47,185,920 = 460,645,440
+
+
+def cpu_with(available: int) -> Budget:
+    return Budget(DeviceProfile("cpu", "cpu", 64 * GiB, available), 0, OVERHEAD)
+
+
+def plans_on(b: Budget, calls: list[int] | None = None) -> Callable[[int], Plan]:
+    def plan_at(n_ctx: int) -> Plan:
+        if calls is not None:
+            calls.append(n_ctx)
+        return plan(SMOLLM2, b, n_ctx=n_ctx)
+
+    return plan_at
+
+
+def choose(
+    requested: int | None,
+    loaded: int | None = 2048,
+    *,
+    b: Budget | None = None,
+    train: int = 8192,
+    last_resize_at: float | None = None,
+    now: float = 1000.0,
+    min_interval: float = 60.0,
+    cap: int | None = None,
+    calls: list[int] | None = None,
+) -> ContextDecision:
+    return choose_context(
+        requested,
+        loaded,
+        2048,
+        train,
+        plans_on(b or cpu_with(32 * GiB), calls),
+        last_resize_at=last_resize_at,
+        now=now,
+        min_interval=min_interval,
+        cap=cap,
+    )
+
+
+def test_smollm2_totals_behind_the_context_tests() -> None:
+    b = cpu_with(32 * GiB)
+    assert plan(SMOLLM2, b, n_ctx=8192).total_bytes == 652_534_848
+    assert plan(SMOLLM2, b, n_ctx=6144).total_bytes == 567_600_192
+    assert plan(SMOLLM2, b, n_ctx=6400).total_bytes == 578_217_024
+    assert plan(SMOLLM2, b, n_ctx=2048).total_bytes == 460_645_440
+
+
+def test_larger_num_ctx_reloads_at_it_when_memory_and_training_allow() -> None:
+    d = choose(8192)
+    assert (d.n_ctx, d.reload, d.requested) == (8192, True, 8192)
+    assert d.reason == "num_ctx 8192: reloaded at 8192"
+
+
+def test_no_num_ctx_or_zero_keeps_the_loaded_context_without_planning() -> None:
+    calls: list[int] = []
+    for requested in (None, 0):
+        d = choose(requested, 4096, calls=calls)
+        assert (d.n_ctx, d.reload) == (4096, False) and d.reason == "no num_ctx asked: loaded at 4096"
+    assert calls == []
+
+
+def test_a_smaller_num_ctx_never_shrinks_the_context() -> None:
+    calls: list[int] = []
+    d = choose(2048, 8192, calls=calls)
+    assert (d.n_ctx, d.reload) == (8192, False)
+    assert d.reason == "num_ctx 2048 <= loaded at 8192: served at 8192"
+    assert calls == []  # no memory plan needed to say no
+
+
+def test_num_ctx_beyond_the_trained_context_gets_the_trained_context() -> None:
+    d = choose(32768)
+    assert (d.n_ctx, d.reload) == (8192, True)
+    assert d.reason == "num_ctx 32768 capped at the model's trained context 8192: reloaded at 8192"
+    d = choose(32768, 8192)  # already there: nothing to do, and the reason says why not more
+    assert (d.n_ctx, d.reload) == (8192, False)
+    assert d.reason == "num_ctx 32768 capped at the model's trained context 8192: loaded at 8192"
+
+
+def test_registry_cap_bounds_the_context_below_the_trained_one() -> None:
+    d = choose(8192, cap=4096)
+    assert (d.n_ctx, d.reload) == (4096, True) and "max_n_ctx 4096" in d.reason
+
+
+def test_unknown_trained_context_is_bounded_by_memory_only() -> None:
+    d = choose(16384, train=0)
+    assert (d.n_ctx, d.reload) == (16384, True)
+
+
+def test_num_ctx_is_rounded_up_to_a_multiple_of_256_within_the_trained_context() -> None:
+    assert choose(5000).n_ctx == 5120
+    assert choose(8100).n_ctx == 8192
+
+
+def test_too_little_memory_gets_the_largest_multiple_of_256_that_fits() -> None:
+    # 570,000,000 bytes: total(n) <= it for n <= (570,000,000 - 312,796,224) / 41,472 = 6201.8 -> 6144
+    calls: list[int] = []
+    d = choose(8192, b=cpu_with(570_000_000), calls=calls)
+    assert (d.n_ctx, d.reload) == (6144, True)
+    assert d.reason.startswith("num_ctx 8192: 8192 does not fit: needs 622 MB, 544 MB available on cpu")
+    assert d.reason.endswith("; reloaded at 6144, the largest that fits")
+    assert len(calls) <= 6  # the target, then a bisection over the 23 steps from 2304 to 7936
+
+
+def test_memory_for_nothing_above_the_floor_keeps_the_floor() -> None:
+    # total(2304) = 413,459,520 + 23,040 x 2304 = 466,543,680 > 466,000,000 >= total(2048)
+    d = choose(8192, b=cpu_with(466_000_000))
+    assert (d.n_ctx, d.reload) == (2048, False)
+    assert "nothing above 2048 fits, served at 2048" in d.reason
+
+
+def test_fresh_load_takes_the_requested_context_directly_and_never_goes_below_the_floor() -> None:
+    d = choose(8192, None)
+    assert (d.n_ctx, d.reload) == (8192, False) and d.reason == "num_ctx 8192: loaded at 8192"
+    d = choose(1024, None)
+    assert (d.n_ctx, d.reload) == (2048, False) and d.reason == "num_ctx 1024 <= registry n_ctx 2048: served at 2048"
+    d = choose(8192, None, b=cpu_with(570_000_000))
+    assert (d.n_ctx, d.reload) == (6144, False)
+
+
+def test_resizes_are_rate_limited_per_model() -> None:
+    held = choose(8192, 4096, last_resize_at=1000.0 - 20, min_interval=60)
+    assert (held.n_ctx, held.reload) == (4096, False)
+    assert held.reason == (
+        "num_ctx 8192: resize to 8192 held back, last resize 20 s ago (at most one per 60 s); served at 4096"
+    )
+    assert choose(8192, 4096, last_resize_at=1000.0 - 60, min_interval=60).reload
+    assert choose(8192, 4096, last_resize_at=None, min_interval=60).reload
+    # a fresh load costs a load anyway: the limit is on reloading a loaded model
+    assert choose(8192, None, last_resize_at=1000.0 - 1, min_interval=60).n_ctx == 8192
+
+
+def test_clients_taking_turns_resize_at_most_once_per_interval() -> None:
+    """Clients asking 4096, 8192, nothing and 2048 in turn, one request a second, 10 s between resizes."""
+    loaded, last, resizes = 2048, None, []
+    for i, requested in enumerate([4096, 8192, None, 2048] * 6):
+        d = choose(requested, loaded, last_resize_at=last, now=float(i), min_interval=10)
+        if d.reload:
+            resizes.append((i, d.n_ctx))
+            loaded, last = d.n_ctx, float(i)
+        assert d.n_ctx == loaded
+    # 4096 at once; 8192 held back at 1, 5 and 9 s, granted at 13 s; then nothing grows
+    assert resizes == [(0, 4096), (13, 8192)]
+
+
+def test_plan_entry_plans_at_a_given_context() -> None:
+    entry = ModelEntry(file="x.gguf", n_ctx=2048)
+    info = GGUFInfo(
+        path="/x.gguf",
+        size_bytes=98_362_432,
+        architecture="llama",
+        name="x",
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        embedding_length=576,
+        head_dim=64,
+        context_length=8192,
+        n_vocab=49_152,
+        file_type="Q4_1",
+        n_params=134_515_008,
+        has_chat_template=True,
+    )
+    b = cpu_with(32 * GiB)
+    assert plan_entry("m", entry, info, b).n_ctx == 2048
+    p = plan_entry("m", entry, info, b, 8192)
+    assert p.n_ctx == 8192 and p.total_bytes == 652_534_848 and p.verdict.startswith("fits on the CPU")

@@ -47,6 +47,8 @@ from zoe_edge.canonical import (
 from zoe_edge.errors import InvalidRequest, ModelNotFound, ZoeError
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import Registry, model_path, parse_duration
+from zoe_edge.supervisor.planner import ContextDecision
+from zoe_edge.supervisor.slot import SERVED_CONTEXT
 
 log = logging.getLogger("zoe_edge.api")
 
@@ -63,6 +65,14 @@ def error_response(exc: ZoeError) -> web.Response:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def context_headers(decision: ContextDecision | None) -> dict[str, str]:
+    """``x-zoe-context``: the context a local generation was served at, and why (``num_ctx`` honoured or not)."""
+    if decision is None:
+        return {}
+    reason = decision.reason.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+    return {"x-zoe-context": str(decision.n_ctx), "x-zoe-context-reason": reason}
 
 
 def bare_name(name: str) -> str:
@@ -196,6 +206,7 @@ class ChatRequest(_Common):
             constraint=self.constraint(),
             tools=tools,
             stream=self.stream,
+            n_ctx=self.options.num_ctx or None,
         )
 
 
@@ -216,6 +227,7 @@ class GenerateRequest(_Common):
             "sampling": self.options.sampling(),
             "constraint": self.constraint(),
             "stream": self.stream,
+            "n_ctx": self.options.num_ctx or None,
         }
         if self.raw:
             return GenerationRequest(prompt=self.prompt, **common)
@@ -360,9 +372,12 @@ async def pull(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("request body must be a JSON object")
     name = bare_name(str(body.get("model") or body.get("name") or ""))
     if name not in request.app[REGISTRY].names():
+        listed = ", ".join(f"{n}:latest" for n in request.app[REGISTRY].names())
         raise ModelNotFound(
-            f"pull model manifest: {name!r} is not in models.yaml; zoe-edge serves only registered models and "
-            "never downloads (add the GGUF to models.yaml)"
+            f"pull model manifest: {name!r} is not in models.yaml, and zoe-edge does not download models. "
+            f"Choose one of the models it serves ({listed}), or copy the model's GGUF file onto this machine "
+            f"and add it to models.yaml under models: (a name with file: <path to the .gguf>), then restart "
+            f"zoe-edge and choose that name"
         )
     steps = [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"}, {"status": "success"}]
     if body.get("stream") is False:
@@ -453,6 +468,7 @@ async def _generate(request: web.Request, kind: Literal["chat", "generate"]) -> 
         problem = exc.errors(include_url=False)[0]["msg"]
         raise InvalidRequest(problem.removeprefix("Value error, "), code="invalid_value") from None
     given, seconds = body.keep_alive_seconds()
+    SERVED_CONTEXT.set(None)  # set again by the supervisor if the slot serves this request
     dispatched = await open_generation(request, name, canonical, body.cache)
     if given and dispatched.served_by.local:
         request.app[SUPERVISOR].set_keep_alive(dispatched.served_by.model, seconds)
@@ -471,6 +487,8 @@ async def _generate(request: web.Request, kind: Literal["chat", "generate"]) -> 
 
     events = dispatched.events
     headers = dispatched.headers()
+    if dispatched.served_by.local and dispatched.cache != "hit":
+        headers.update(context_headers(SERVED_CONTEXT.get()))
     async with contextlib.aclosing(events):
         first = dispatched.first
         if isinstance(first, ErrorEvent):

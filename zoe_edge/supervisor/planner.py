@@ -15,6 +15,7 @@ replaced gives back. Never more: a plan that needs swap is a plan that does not 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -81,6 +82,8 @@ class Plan:
     # KV snapshots of long prompt prefixes kept in the worker (see zoe_edge.worker.prefix)
     prefix_cache_bytes: int = 0
     prefix_cache_reason: str = ""
+    n_ctx: int = 0  # the context this plan is for
+    verdict: str = ""  # the reason without the breakdown ("does not fit: needs ...")
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -138,7 +141,20 @@ def plan_model(
     in_ram = int((weights + kv) * (1 - on_gpu)) + overhead + (0 if on_gpu else compute)
     prefix, prefix_why = plan_prefix_cache(fits, ram - in_ram, kv, prefix_cache_cap)
     return Plan(
-        name, fits, layers, weights, kv, compute, overhead, total, ram, f"{why}: {breakdown}", prefix, prefix_why
+        name,
+        fits,
+        layers,
+        weights,
+        kv,
+        compute,
+        overhead,
+        total,
+        ram,
+        f"{why}: {breakdown}",
+        prefix,
+        prefix_why,
+        n_ctx,
+        why,
     )
 
 
@@ -208,15 +224,111 @@ def _decide(
     return True, 0, f"fits on the CPU (no GPU); {where}"
 
 
-def plan_entry(name: str, entry: ModelEntry, info: GGUFInfo, budget: Budget) -> Plan:
-    """:func:`plan_model` for a registry entry and its GGUF header."""
+def plan_entry(name: str, entry: ModelEntry, info: GGUFInfo, budget: Budget, n_ctx: int | None = None) -> Plan:
+    """:func:`plan_model` for a registry entry and its GGUF header (at ``n_ctx``, default the entry's)."""
+    ctx = entry.n_ctx if n_ctx is None else n_ctx
     return plan_model(
         name,
         ModelShape.from_gguf(info),
-        n_ctx=entry.n_ctx,
-        n_batch=entry.n_batch,
+        n_ctx=ctx,
+        n_batch=min(entry.n_batch, ctx),
         gpu_layers=entry.gpu_layers,
         budget=budget,
         cache_type=entry.kv_cache_type,
         prefix_cache_cap=entry.prefix_cache,
+    )
+
+
+# --- the context a request is served at -------------------------------------------------------
+
+CONTEXT_STEP = 256  # llama.cpp pads the KV cache to this; contexts the planner picks are multiples of it
+MAX_CONTEXT = 1_048_576  # the registry's own upper bound, used when the GGUF does not say
+
+
+@dataclass(frozen=True)
+class ContextDecision:
+    """The context to serve a request at, and whether the loaded model must be reloaded for it.
+
+    ``reload`` is only ever true for a model that is loaded now; for a fresh load ``n_ctx`` is
+    simply the context to load at.
+    """
+
+    n_ctx: int
+    reload: bool
+    reason: str
+    requested: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _round_up(n: int) -> int:
+    return -(-n // CONTEXT_STEP) * CONTEXT_STEP
+
+
+def choose_context(
+    requested: int | None,
+    loaded: int | None,
+    floor: int,
+    n_ctx_train: int,
+    plan_at: Callable[[int], Plan],
+    *,
+    last_resize_at: float | None,
+    now: float,
+    min_interval: float,
+    cap: int | None = None,
+) -> ContextDecision:
+    """The context for a request that asks for ``requested`` tokens (Ollama's ``num_ctx``).
+
+    ``loaded`` is the context the model is loaded at (``None``: not loaded, this is a fresh
+    load); ``floor`` the registry's ``n_ctx``, never gone below; ``n_ctx_train`` the GGUF's trained
+    context (0: unknown), never gone above, nor above ``cap``; ``plan_at(n)`` the memory plan at
+    ``n`` tokens. A context never shrinks for a smaller request (that would reload on every
+    alternation), and a loaded model is resized at most once per ``min_interval`` seconds
+    (``last_resize_at`` and ``now`` on the same clock). A larger request than memory allows gets the
+    largest multiple of :data:`CONTEXT_STEP` that fits.
+    """
+    current = loaded if loaded is not None else floor
+    where = f"loaded at {current}" if loaded is not None else f"registry n_ctx {floor}"
+    if not requested:
+        return ContextDecision(current, False, f"no num_ctx asked: {where}", requested)
+    if requested <= current:
+        return ContextDecision(current, False, f"num_ctx {requested} <= {where}: served at {current}", requested)
+    limits = [(n_ctx_train, f"the model's trained context {n_ctx_train}")] if n_ctx_train > 0 else []
+    if cap is not None:
+        limits.append((cap, f"max_n_ctx {cap}"))
+    limits.append((MAX_CONTEXT, f"the {MAX_CONTEXT} limit"))
+    ceiling, ceiling_why = min(limits)
+    target = _round_up(requested)
+    asked = f"num_ctx {requested}"
+    if target > ceiling:
+        target, asked = ceiling, f"num_ctx {requested} capped at {ceiling_why}"
+    if target <= current:
+        return ContextDecision(current, False, f"{asked}: {where}", requested)
+    if loaded is not None and last_resize_at is not None and now - last_resize_at < min_interval:
+        return ContextDecision(
+            current,
+            False,
+            f"{asked}: resize to {target} held back, last resize {now - last_resize_at:.0f} s ago "
+            f"(at most one per {min_interval:.0f} s); served at {current}",
+            requested,
+        )
+    verb = "reloaded at" if loaded is not None else "loaded at"
+    plan = plan_at(target)
+    if plan.fits:
+        return ContextDecision(target, loaded is not None, f"{asked}: {verb} {target}", requested)
+    # memory grows with the context, so the contexts that fit are a prefix: bisect the steps above current
+    lo, hi = current // CONTEXT_STEP + 1, target // CONTEXT_STEP  # candidates lo*STEP .. hi*STEP (target fails)
+    best: int | None = None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if plan_at(mid * CONTEXT_STEP).fits:
+            best, lo = mid * CONTEXT_STEP, mid + 1
+        else:
+            hi = mid
+    if best is None:
+        why = f"{asked}: {target} {plan.verdict}; nothing above {current} fits, served at {current}"
+        return ContextDecision(current, False, why, requested)
+    return ContextDecision(
+        best, loaded is not None, f"{asked}: {target} {plan.verdict}; {verb} {best}, the largest that fits", requested
     )

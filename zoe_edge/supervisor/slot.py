@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import enum
 import logging
 import os
@@ -28,7 +29,7 @@ from zoe_edge.errors import ModelLoadFailed, ServiceUnavailable, WorkerFailed, Z
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, GGUFMissing, read_gguf
 from zoe_edge.registry import ModelEntry, Registry, ensure_model_file
 from zoe_edge.supervisor import device, scheduler
-from zoe_edge.supervisor.planner import Budget, Plan, plan_entry
+from zoe_edge.supervisor.planner import Budget, ContextDecision, Plan, choose_context, plan_entry
 from zoe_edge.worker.client import WorkerProcess, describe_exit
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
 
@@ -37,6 +38,13 @@ log = logging.getLogger("zoe_edge.supervisor")
 MiB = device.MiB
 CRASH_WINDOW_S = 60.0
 MEMORY_CHECK_S = 5.0
+
+# The context decision for the generation this task is streaming, set by Supervisor.generate once the
+# slot is granted (the API handler iterates the stream in its own task, so it sees the value); the
+# fronts turn it into x-zoe-context headers. None: no local generation was started in this context.
+SERVED_CONTEXT: contextvars.ContextVar[ContextDecision | None] = contextvars.ContextVar(
+    "zoe_served_context", default=None
+)
 
 
 class SlotState(str, enum.Enum):
@@ -57,12 +65,20 @@ def default_threads() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def load_spec(name: str, entry: ModelEntry, path: Path, gpu_layers: int, prefix_cache_bytes: int = 0) -> LoadSpec:
+def load_spec(
+    name: str,
+    entry: ModelEntry,
+    path: Path,
+    gpu_layers: int,
+    prefix_cache_bytes: int = 0,
+    n_ctx: int | None = None,
+) -> LoadSpec:
+    ctx = entry.n_ctx if n_ctx is None else n_ctx
     return LoadSpec(
         name=name,
         path=str(path),
-        n_ctx=entry.n_ctx,
-        n_batch=min(entry.n_batch, entry.n_ctx),
+        n_ctx=ctx,
+        n_batch=min(entry.n_batch, ctx),
         n_threads=entry.n_threads or default_threads(),
         n_gpu_layers=gpu_layers,
         chat_format=entry.chat_format,
@@ -93,6 +109,8 @@ class _Ticket:
     model: str | None  # None: an unload request
     enqueued_at: float
     granted: asyncio.Future[WorkerProcess | None]
+    n_ctx: int | None = None  # the context the request asks for
+    context: ContextDecision | None = None  # what the scheduler decided for it, set before the grant
 
 
 @dataclass
@@ -133,6 +151,9 @@ class Supervisor:
         self._spare_task: asyncio.Task[None] | None = None
         self._closing = False
         self.last_tokens_per_s: float | None = None
+        # the latest context decision (any model), for /admin/status
+        self.last_context: dict[str, Any] | None = None
+        self._resized_at: dict[str, float] = {}  # monotonic time of each model's last context resize
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -230,7 +251,7 @@ class Supervisor:
             load_s={m: s.load_s for m, s in self.stats.items() if s.load_s is not None},
         )
 
-    async def _admit(self, model: str, deadline: float | None) -> _Ticket:
+    async def _admit(self, model: str, deadline: float | None, n_ctx: int | None = None) -> _Ticket:
         if self._closing:
             raise ServiceUnavailable("zoe-edge is shutting down", retry_after=5)
         self._check_failure(model)
@@ -257,7 +278,7 @@ class Supervisor:
                 code="busy",
                 retry_after=wait,
             )
-        ticket = _Ticket(model, time.monotonic(), asyncio.get_running_loop().create_future())
+        ticket = _Ticket(model, time.monotonic(), asyncio.get_running_loop().create_future(), n_ctx)
         self._queue.append(ticket)
         self._wake.set()
         return ticket
@@ -303,7 +324,7 @@ class Supervisor:
         """
         for attempt in (1, 2):
             try:
-                ticket = await self._admit(model, deadline)
+                ticket = await self._admit(model, deadline, req.n_ctx)
                 worker = await self._await_grant(ticket, deadline)
             except ServiceUnavailable as exc:
                 if attempt == 2 and exc.code in ("busy", "queue_full"):
@@ -318,6 +339,7 @@ class Supervisor:
                 log.warning("%s; retrying the request once", exc.message)
                 continue
             assert worker is not None
+            SERVED_CONTEXT.set(ticket.context)
             started = time.monotonic()
             crashed = retry = False
             try:
@@ -346,9 +368,9 @@ class Supervisor:
                 await worker.kill()
             log.warning("worker for %r died before answering (%s); retrying the request once", model, self.last_error)
 
-    async def load(self, model: str) -> Plan:
-        """Make ``model`` the loaded one (admin API, preload); returns its plan."""
-        ticket = await self._admit(model, self.settings.load_timeout_s)
+    async def load(self, model: str, n_ctx: int | None = None) -> Plan:
+        """Make ``model`` the loaded one (admin API, preload), at ``n_ctx`` if the planner allows; returns its plan."""
+        ticket = await self._admit(model, self.settings.load_timeout_s, n_ctx)
         await self._await_grant(ticket, self.settings.load_timeout_s)
         self._release(model, 0.0, count=False)
         assert self.plan is not None
@@ -456,7 +478,7 @@ class Supervisor:
                 continue
             assert ticket.model is not None
             try:
-                worker = await self._ensure_loaded(ticket.model, choice.reason)
+                worker, ticket.context = await self._ensure_loaded(ticket.model, choice.reason, ticket.n_ctx)
             except ZoeError as exc:
                 self._fail_waiting(ticket, exc)
                 continue
@@ -489,21 +511,107 @@ class Supervisor:
         if len(recent) >= self.settings.crash_loop_limit:
             self._record_failure(model, f"worker crashed {len(recent)} times in {CRASH_WINDOW_S:.0f} s")
 
-    async def _ensure_loaded(self, model: str, why: str) -> WorkerProcess:
+    def _loaded_n_ctx(self) -> int | None:
+        """The context the loaded model runs at (what llama.cpp reports), ``None`` when none is loaded."""
+        if self._worker is None:
+            return None
+        if self.info is not None:
+            return self.info.n_ctx
+        return self.plan.n_ctx if self.plan is not None and self.plan.n_ctx else None
+
+    def _note_context(self, model: str, decision: ContextDecision) -> None:
+        self.last_context = {"model": model, "at": time.time(), **decision.as_dict()}
+        if decision.reload or (decision.requested or 0) > decision.n_ctx:
+            log.info("context for %r: %s", model, decision.reason)
+        else:
+            log.debug("context for %r: %s", model, decision.reason)
+
+    async def _ensure_loaded(
+        self, model: str, why: str, requested: int | None = None
+    ) -> tuple[WorkerProcess, ContextDecision]:
+        """The worker for ``model`` at the context the request needs: loaded, swapped in or resized.
+
+        A resize is a planned reload like a swap; it runs here, in the scheduler loop, so it
+        waits for the in-flight generation like any swap does.
+        """
         if self._worker is not None and not self._worker.alive:
             await self._worker_died()
-        if self._worker is not None and self.model == model:
-            return self._worker
-        self._check_failure(model)
-        plan = await self.plan_for(model)
+        entry = self.registry.models[model]
+        resident = self._worker is not None and self.model == model
+        current = self._loaded_n_ctx() if resident else None
+        if not resident:
+            self._check_failure(model)
+        plans: dict[int, Plan] = {}
+        n_ctx_train = 0
+
+        def plan_at(n_ctx: int) -> Plan:
+            if n_ctx not in plans:
+                plans[n_ctx] = plan_entry(model, entry, gguf, budget, n_ctx)
+            return plans[n_ctx]
+
+        if not resident or (requested or 0) > (current or 0):
+            try:
+                gguf = await self._gguf(model)
+            except (GGUFError, OSError, ValueError) as exc:
+                if not resident:  # as _admit would have said, had the file broken before the request came
+                    self._record_failure(model, str(exc))
+                    code = "model_missing" if isinstance(exc, GGUFMissing) else "model_load_failed"
+                    raise ModelLoadFailed(
+                        f"model {model!r} cannot be loaded: {exc}", code=code, retry_after=10
+                    ) from None
+                decision = ContextDecision(
+                    current or entry.n_ctx, False, f"num_ctx {requested}: the GGUF cannot be read ({exc})", requested
+                )
+                self._note_context(model, decision)
+                assert self._worker is not None
+                return self._worker, decision
+            n_ctx_train = gguf.context_length
+            # a swap gives back the other model's memory, a resize this one's
+            budget = self.budget(replacing=self._worker is not None)
+        decision = choose_context(
+            requested,
+            current,
+            entry.n_ctx,
+            n_ctx_train,
+            plan_at,
+            last_resize_at=self._resized_at.get(model),
+            now=time.monotonic(),
+            min_interval=self.admission.min_residency,
+        )
+        self._note_context(model, decision)
+        if resident and not decision.reload:
+            assert self._worker is not None
+            return self._worker, decision
+        plan = plan_at(decision.n_ctx)
         if not plan.fits:
             raise ModelTooLarge(f"model {model!r} {plan.reason}", retry_after=60)
+        if not resident:
+            return await self._load(model, plan, why), decision
+        self._resized_at[model] = time.monotonic()
+        try:
+            worker = await self._load(model, plan, f"context {current} -> {decision.n_ctx} ({decision.reason})")
+        except (ModelLoadFailed, ServiceUnavailable) as exc:
+            # the model served at the old context a moment ago: go back to it rather than fail the request
+            assert current is not None
+            self.failures.pop(model, None)
+            decision = ContextDecision(
+                current, False, f"resize to {decision.n_ctx} failed ({exc.message}); reloaded at {current}", requested
+            )
+            log.error("context for %r: %s", model, decision.reason)
+            self._note_context(model, decision)
+            worker = await self._load(model, plan_at(current), decision.reason)
+        return worker, decision
+
+    async def _load(self, model: str, plan: Plan, why: str) -> WorkerProcess:
+        """Stop whatever runs and load ``model`` as ``plan`` says (its GPU layers and context)."""
         previous = self.model
         started = time.monotonic()
-        await self._stop_worker(f"swap to {model!r}")
+        await self._stop_worker(f"context resize of {model!r}" if previous == model else f"swap to {model!r}")
         self.state, self.model, self.since, self.plan = SlotState.LOADING, model, time.time(), plan
         path = self.model_file(model)
-        spec = load_spec(model, self.registry.models[model], path, plan.gpu_layers, plan.prefix_cache_bytes)
+        spec = load_spec(
+            model, self.registry.models[model], path, plan.gpu_layers, plan.prefix_cache_bytes, plan.n_ctx or None
+        )
         try:
             worker = await self._take_spare(model)
         except BaseException:
@@ -549,18 +657,21 @@ class Supervisor:
             "duration_ms": round(duration * 1000, 1),
             "llama_load_ms": info.load_ms,
             "gpu_layers": plan.gpu_layers,
+            "n_ctx": info.n_ctx,
+            "resize": previous == model,
             "reason": why,
         }
         self.swaps.append(swap)
         for listener in self.swap_listeners:
             listener(swap)
         log.info(
-            "loaded %r in %.0f ms (llama.cpp %.0f ms, pid %d, %d GPU layers; %s)",
+            "loaded %r in %.0f ms (llama.cpp %.0f ms, pid %d, %d GPU layers, n_ctx %d; %s)",
             model,
             duration * 1000,
             info.load_ms,
             info.pid,
             plan.gpu_layers,
+            info.n_ctx,
             why,
         )
         self._start_spare()
@@ -648,6 +759,8 @@ class Supervisor:
                 "pid": worker.pid if worker else None,
                 "worker_rss_mb": rss,
                 "info": self.info.model_dump() if self.info else None,
+                "n_ctx": self._loaded_n_ctx(),
+                "context": self.last_context,
                 "plan": self.plan.as_dict() if self.plan else None,
                 "busy_with": self._busy_with,
                 "idle_unload_in_s": None if (d := self._idle_deadline()) is None else round(d - now, 1),
@@ -674,3 +787,8 @@ class Supervisor:
     @property
     def loaded(self) -> str | None:
         return self.model if self._worker is not None else None
+
+    @property
+    def loaded_n_ctx(self) -> int | None:
+        """The context the loaded model runs at (it can be above the registry's after a num_ctx resize)."""
+        return self._loaded_n_ctx()
