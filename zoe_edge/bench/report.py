@@ -35,7 +35,51 @@ HEADLINE = (
     ("tools", "parse_failures", "parse fail"),
     ("tools", "free_parse_failures", "parse fail (free)"),
     ("tools", "false_calls", "false calls"),
+    ("assist", "command_success", "assist commands"),
+    ("assist", "truthful_answers", "assist truthful"),
+    ("assist", "raw_command_success", "commands (raw)"),
+    ("assist", "raw_truthful_answers", "truthful (raw)"),
 )
+# the assist suite's table: one row per (model, pass), these columns
+ASSIST_COLUMNS = (
+    ("command_success", "commands"),
+    ("truthful_answers", "truthful answers"),
+    ("chat_ok", "chit-chat"),
+    ("loops", "loops"),
+    ("errors", "errors"),
+    ("turn_ms", "turn ms (p50)"),
+    ("turn_p95_ms", "turn ms (p95)"),
+)
+
+
+def assist_rows(results: Sequence[SuiteResult]) -> tuple[list[str], list[list[str]]]:
+    """Heading and one row per model and pass (raw, the model itself, each route) of the assist suite."""
+    heading = ["model", "pass", "sent as", *(h for _, h in ASSIST_COLUMNS)]
+    rows = []
+    for r in results:
+        if r.suite != "assist":
+            continue
+        passes = r.settings.get("passes") or {"model": r.model}
+        for label, sent in passes.items():
+            prefix = "" if label == "model" else f"{label}_"
+            rows.append([r.model, label, str(sent), *(fmt(r.scores.get(prefix + n)) for n, _ in ASSIST_COLUMNS)])
+    return heading, rows
+
+
+def _aligned(heading: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [heading, *rows]) for i in range(len(heading))]
+    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in [heading, *rows])
+
+
+def assist_table(results: Sequence[SuiteResult], markdown: bool = False) -> str:
+    """The assist suite's per-pass table ("" when no assist result); ``markdown`` for RESULTS.md."""
+    heading, rows = assist_rows(results)
+    if not rows:
+        return ""
+    if markdown:
+        lines = ["| " + " | ".join(heading) + " |", "|" + "---|" * len(heading)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return _aligned(heading, rows)
 
 
 def by_model(results: Sequence[SuiteResult]) -> dict[str, dict[str, dict[str, Estimate]]]:
@@ -64,9 +108,9 @@ def table_rows(results: Sequence[SuiteResult]) -> tuple[list[str], list[list[str
 
 def text_table(results: Sequence[SuiteResult]) -> str:
     heading, rows = table_rows(results)
-    widths = [max(len(r[i]) for r in [heading, *rows]) for i in range(len(heading))]
-    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in [heading, *rows]]
-    return "\n".join(lines)
+    out = _aligned(heading, rows)
+    assist = assist_table(results)
+    return out + ("\n\nassist suite, per pass:\n" + assist if assist else "")
 
 
 def plot_png(results: Sequence[SuiteResult]) -> bytes:
@@ -116,6 +160,12 @@ def html_report(results: Sequence[SuiteResult], png: bytes, command: str) -> str
         for r in results
     )
     img = base64.b64encode(png).decode("ascii")
+    a_head, a_rows = assist_rows(results)
+    assist = ""
+    if a_rows:
+        a_th = "".join(f"<th>{html.escape(h)}</th>" for h in a_head)
+        a_body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in a_rows)
+        assist = f"\n<h2>Assist, per pass</h2>\n<table><tr>{a_th}</tr>{a_body}</table>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>zoe-edge bench</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
@@ -124,7 +174,7 @@ code{{font-size:12px}}</style></head><body>
 <h1>zoe-edge bench</h1>
 <p>Command: <code>{html.escape(command)}</code></p>
 <p>Proportions show the value and its 95% Wilson interval; latencies are medians of wall-clock times.</p>
-<table><tr>{th}</tr>{body}</table>
+<table><tr>{th}</tr>{body}</table>{assist}
 <h2>Score against latency</h2>
 <img alt="score against latency per model" src="data:image/png;base64,{img}">
 <h2>Settings</h2>
