@@ -48,7 +48,8 @@ class Dispatched:
     def headers(self) -> dict[str, str]:
         out = {"x-zoe-route": self.plan.reason, "x-zoe-served-by": self.served_by.label}
         if self.turn is not None:
-            out["x-zoe-turn"] = self.turn
+            # entity names may be any text; a header carries ASCII on one line
+            out["x-zoe-turn"] = self.turn.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
         if self.skipped:
             out["x-zoe-fallback-reason"] = "; ".join(self.skipped)
         if self.cache is not None:
