@@ -14,7 +14,8 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from zoe_edge.canonical import GenerationRequest, Message, Tool, ToolCallRef, ToolChoice
 from zoe_edge.worker import tools as T
 from zoe_edge.worker.grammar import (
-    UnsupportedSchema,
+    InvalidSchema,
+    compile_schema,
     integer_range_rule,
     number_range_rule,
     schema_grammar,
@@ -179,33 +180,41 @@ def test_call_problems_checks_name_and_schema() -> None:
     assert T.call_problems([T.ParsedCall("Nope", {})], TOOLS) == ["Nope: not an offered tool"]
 
 
-# --- schemas: what the grammar cannot enforce is named, never dropped ----------------------------------
+# --- schemas: what the grammar cannot enforce degrades, is named, and is checked after ------------------
 
 
 @pytest.mark.parametrize(
-    ("schema", "named"),
+    ("schema", "named", "loose"),
     [
-        ({"type": "integer", "multipleOf": 5}, "multipleOf"),
-        ({"not": {"type": "string"}}, "'not'"),
-        ({"type": "string", "format": "email"}, "email"),
-        ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, "oneOf"),
-        ({"type": "string", "pattern": "abc"}, "anchors"),
-        ({"type": "number", "exclusiveMinimum": 0}, "exclusiveMinimum"),
-        ({"type": "number", "maximum": 2.5}, "whole-number"),
-        ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}, "'b'"),
-        ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "uniqueItems"),
+        ({"type": "integer", "multipleOf": 5}, "multipleOf", True),
+        ({"not": {"type": "string"}}, "'not'", True),
+        ({"type": "string", "format": "email"}, "email", True),
+        ({"oneOf": [{"type": "string"}, {"maxLength": 3}]}, "oneOf", True),
+        ({"type": "string", "pattern": "^(?=a)"}, "pattern", True),
+        ({"type": "number", "exclusiveMinimum": 0}, "rounded inward", False),
+        ({"type": "number", "maximum": 2.5}, "whole numbers", False),
+        ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "uniqueItems", True),
         (
             {"type": "object", "properties": {"x": {"type": "object", "minProperties": 1}}},
             "$.x: keyword 'minProperties'",
+            True,
         ),
-        ({"$ref": "https://example.com/schema.json"}, "$ref"),
+        ({"$ref": "https://example.com/schema.json"}, "$ref", True),
     ],
 )
-def test_unsupported_features_are_named(schema: dict[str, Any], named: str) -> None:
+def test_unsupported_features_are_named(schema: dict[str, Any], named: str, loose: bool) -> None:
     problems = unsupported_features(schema)
     assert problems and any(named in p for p in problems), problems
-    with pytest.raises(UnsupportedSchema):
-        schema_grammar(schema)
+    compiled = compile_schema(schema)  # a grammar all the same: never a 400
+    assert "root ::=" in compiled.grammar
+    assert compiled.exact is not loose
+
+
+def test_what_the_grammar_now_says_exactly() -> None:
+    # once refused: a disjoint oneOf is an anyOf, a required name without a schema is any value
+    assert compile_schema({"oneOf": [{"type": "string"}, {"type": "integer"}]}).exact
+    assert compile_schema({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}).exact
+    assert compile_schema({"type": "string", "pattern": "abc"}).exact
 
 
 def test_supported_schema_passes_and_annotations_are_fine() -> None:
@@ -227,11 +236,15 @@ def test_supported_schema_passes_and_annotations_are_fine() -> None:
     assert "root ::=" in schema_grammar(schema)
 
 
-def test_call_grammar_names_the_tool_with_the_problem() -> None:
-    bad = Tool(name="Odd", parameters={"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 2}}})
-    with pytest.raises(UnsupportedSchema) as info:
+def test_call_grammar_names_the_tool_with_the_problem(caplog: pytest.LogCaptureFixture) -> None:
+    odd = Tool(name="Odd", parameters={"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 2}}})
+    with caplog.at_level("WARNING", logger="zoe_edge.worker.grammar"):
+        assert "root ::=" in T.call_grammar([LIGHT, odd], "generic", parallel=False)
+    assert any("tool Odd: $.n: keyword 'multipleOf'" in r.getMessage() for r in caplog.records)
+    bad = Tool(name="Bad", parameters={"type": "object", "properties": {"n": 5}})
+    with pytest.raises(InvalidSchema) as info:
         T.call_grammar([LIGHT, bad], "generic", parallel=False)
-    assert info.value.features == ["tool Odd: $.n: keyword 'multipleOf'"]
+    assert info.value.features == ["tool Bad: $.n: a schema must be an object or a boolean, not 5"]
 
 
 def _as_regex(gbnf_alternatives: str) -> re.Pattern[str]:

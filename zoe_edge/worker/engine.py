@@ -31,7 +31,7 @@ from zoe_edge.canonical import (
     Usage,
 )
 from zoe_edge.worker import tools
-from zoe_edge.worker.grammar import UnsupportedSchema, schema_grammar
+from zoe_edge.worker.grammar import InvalidSchema, schema_grammar
 from zoe_edge.worker.prefix import PrefixCache
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
 from zoe_edge.worker.templates import bundled_template
@@ -254,17 +254,18 @@ class Engine:
     def _call_gbnf(self, req: GenerationRequest) -> str:
         only = req.tool_choice.name
         fmt = self.tool_setup.format
-        return self._schema_gbnf(lambda: tools.call_grammar(req.tools, fmt, req.parallel_tool_calls, only))
+        return self._schema_gbnf(lambda: tools.call_grammar(req.call_tools, fmt, req.parallel_tool_calls, only))
 
     @staticmethod
     def _schema_gbnf(build: Callable[[], str]) -> str:
+        """The grammar for a request's schemas. Every valid JSON Schema gets one (what it cannot
+        enforce is logged and checked after); only a schema that is not one is a 400."""
         try:
             return build()
-        except UnsupportedSchema as exc:
-            raise RequestRejected(
-                f"the JSON schema uses features the grammar cannot enforce: {exc}", "unsupported_schema"
-            ) from None
-        except Exception as exc:  # the upstream converter asserts on what it cannot parse
+        except InvalidSchema as exc:
+            raise RequestRejected(f"the JSON schema is not valid: {exc}", "invalid_schema") from None
+        except Exception as exc:  # a bug in the converter: say so rather than fail the whole request blindly
+            log.exception("cannot turn a JSON schema into a grammar")
             raise RequestRejected(f"cannot turn the JSON schema into a grammar: {exc}", "invalid_schema") from None
 
     def _cached_prefix(self, tokens: list[int]) -> int:

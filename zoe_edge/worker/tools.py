@@ -17,7 +17,6 @@ once begun, can only be a valid one.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import uuid
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from zoe_edge.canonical import Message, Tool, ToolChoice
-from zoe_edge.worker.grammar import Converter, UnsupportedSchema, checked, validate
+from zoe_edge.worker.grammar import Converter, InvalidSchema, Lowered, lower_schema, note_degraded, validate
 
 ToolFormat = Literal["hermes", "llama3", "mistral", "generic"]
 TOOL_FORMATS: tuple[str, ...] = get_args(ToolFormat)
@@ -225,30 +224,36 @@ def chat_messages(
 def call_grammar(tools: list[Tool], fmt: ToolFormat, parallel: bool, only: str | None = None) -> str:
     """GBNF whose root is one call (or up to :data:`MAX_CALLS`) to ``tools`` with schema-valid arguments.
 
-    Raises :class:`UnsupportedSchema` naming every feature of any tool's schema the grammar
-    cannot enforce (with the tool's name in each path).
+    Every valid JSON Schema is accepted. What the grammar cannot enforce (``not``, ``uniqueItems``,
+    ...) degrades: it is logged once per process (:func:`grammar.note_degraded`), the grammar
+    lets the model write it, and :func:`call_problems` checks the parsed call against the
+    tool's original schema (a call that fails goes out as text, like any invalid call).
+    Arguments are always an object, whatever the schema says. Raises
+    :class:`~zoe_edge.worker.grammar.InvalidSchema` (with the tool's name in each path) for
+    parameters that are not a JSON Schema at all.
     """
     chosen = [t for t in tools if only is None or t.name == only]
     if not chosen:
         raise ValueError(f"no tool named {only!r}")
     problems: list[str] = []
-    params: list[dict[str, Any]] = []
-    for tool in chosen:
+    params: list[Lowered] = []
+    for i, tool in enumerate(chosen):
         try:
-            params.append(checked(tool.parameters))
-        except UnsupportedSchema as exc:
+            params.append(lower_schema(tool.parameters, prefix=f"tool{i}-", require_object=True))
+        except InvalidSchema as exc:
             problems += [f"tool {tool.name}: {p}" for p in exc.features]
     if problems:
-        raise UnsupportedSchema(problems)
+        raise InvalidSchema(problems)
 
     key = _ARGS_KEY[fmt]
     conv = Converter(prop_order=["name", key], max_string=MAX_ARGUMENT_STRING, max_items=MAX_ARGUMENT_ITEMS)
     alternatives = []
-    for i, (tool, schema) in enumerate(zip(chosen, params, strict=True)):
-        resolved = conv.resolve_refs(copy.deepcopy(schema), f"tool{i}")
+    for i, (tool, lowered) in enumerate(zip(chosen, params, strict=True)):
+        note_degraded(lowered.notes, f"tool {tool.name}: ")
+        conv.add_defs(lowered.defs)
         call = {
             "type": "object",
-            "properties": {"name": {"const": tool.name}, key: resolved},
+            "properties": {"name": {"enum": [tool.name]}, key: lowered.core},
             "required": ["name", key],
         }
         alternatives.append(conv.visit(call, f"call{i}"))
