@@ -149,7 +149,8 @@ class GenerationRequest(BaseModel):
         narrowed = self.tool_choice.arguments
         if narrowed is None:
             return self.tools
-        return [t.model_copy(update={"parameters": narrowed}) if t.name == self.tool_choice.name else t for t in self.tools]
+        chosen = self.tool_choice.name
+        return [t.model_copy(update={"parameters": narrowed}) if t.name == chosen else t for t in self.tools]
 
     @property
     def uses_tools(self) -> bool:
