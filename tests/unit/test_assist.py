@@ -14,7 +14,7 @@ from zoe_edge.api.ollama import ChatRequest
 from zoe_edge.assist.house import static_house
 from zoe_edge.assist.turn import plan_turn
 from zoe_edge.assist.utterance import classify, mentions
-from zoe_edge.canonical import GenerationRequest
+from zoe_edge.canonical import GenerationRequest, ToolChoice
 from zoe_edge.worker.grammar import validate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "home-assistant"
@@ -232,3 +232,14 @@ def test_requests_without_home_assistant_tools_pass_unchanged() -> None:
     req = canonical(body("chat-without-assist"))
     plan = plan_turn(req)
     assert not plan.applied and plan.request is req
+
+
+def test_tool_choice_none_after_a_result_is_still_answered_from_it() -> None:
+    """Extended OpenAI Conversation's last round sends tool_choice "none" with the result."""
+    data = copy.deepcopy(body("assist-after-tool-result"))
+    req = canonical(data).model_copy(update={"tool_choice": ToolChoice(mode="none")})
+    plan = plan_turn(req)
+    assert plan.answer is not None and plan.answer.startswith("Sorry, I could not turn on")
+    # before a result, "none" is the client's own choice and passes through
+    first = canonical(body("assist-first-turn")).model_copy(update={"tool_choice": ToolChoice(mode="none")})
+    assert not plan_turn(first).applied

@@ -352,15 +352,19 @@ def plan_turn(req: GenerationRequest, answers: str = "result") -> TurnPlan:
     tools = _tools_by_role(req.tools)
     if not (set(tools) & {TURN_ON, TURN_OFF, LIVE_CONTEXT}):
         return _pass(req, "not a Home Assistant Assist turn")
-    if req.tool_choice.mode in ("function", "none"):
-        return _pass(req, f"the client chose tool_choice {req.tool_choice.mode!r}")
+    if req.tool_choice.mode == "function":
+        return _pass(req, "the client named the function to call")
     messages = req.messages or []
     if not messages:
         return _pass(req, "no messages")
+    # after a result, even with tool_choice "none" (Extended OpenAI Conversation's last round): an
+    # answer built on the result makes no call, which is what "none" asks for
     if messages[-1].role == "tool":
         if answers == "model":
             return TurnPlan(_no_tools(req), "after a tool result: the model answers, without tools", kind="result")
         return _after_results(req, messages)
+    if req.tool_choice.mode == "none":
+        return _pass(req, "the client chose tool_choice 'none'")
     if messages[-1].role != "user":
         return _pass(req, "the last message is not the user's")
     utt = classify(messages[-1].content)
