@@ -185,6 +185,15 @@ def start_daemon(
 
 
 @pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
+    """SmolLM2 at the shipped n_ctx behind the shipped routes and ``auto``: what Home Assistant talks to."""
+    tmp = tmp_path_factory.mktemp("ha")
+    d = start_daemon(shipped_routes_registry(tmp, smollm_path, n_ctx=4096), tmp)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
     """A real daemon serving SmolLM2 (greedy by default, so outputs are repeatable)."""
     tmp = tmp_path_factory.mktemp("daemon")

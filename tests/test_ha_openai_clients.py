@@ -40,7 +40,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import Daemon, shipped_routes_registry, start_daemon
+from tests.conftest import Daemon
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "home-assistant"
 FIRST_TURN = json.loads((FIXTURES / "assist-first-turn.request.json").read_text())["body"]
@@ -174,14 +174,6 @@ class Recorder(httpx2.BaseTransport):
 
     def close(self) -> None:
         self.inner.close()
-
-
-@pytest.fixture(scope="module")
-def ha(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("ha-openai")
-    d = start_daemon(shipped_routes_registry(tmp, smollm_path, n_ctx=4096), tmp)
-    yield d
-    d.stop()
 
 
 @pytest.fixture

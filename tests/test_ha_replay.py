@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,13 @@ import ollama
 import pytest
 import yaml
 
-from tests.conftest import Daemon, shipped_routes_registry, start_daemon
+from tests.conftest import Daemon
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "home-assistant"
 
 
 def captured(name: str) -> dict[str, Any]:
     return dict(json.loads((FIXTURES / f"{name}.request.json").read_text())["body"])
-
-
-@pytest.fixture(scope="module")
-def ha(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("ha-replay")
-    # the shipped n_ctx: HA's prompt with its six tools is about 2,000 tokens
-    registry = shipped_routes_registry(tmp, smollm_path, n_ctx=4096)
-    d = start_daemon(registry, tmp)
-    yield d
-    d.stop()
 
 
 async def chat(d: Daemon, body: dict[str, Any]) -> tuple[str, list[Any]]:

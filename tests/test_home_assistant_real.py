@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Daemon, shipped_routes_registry, start_daemon
+from tests.conftest import REPO, Daemon
 from tests.ha.scenario import CONVERSATION, grade, run_driver
 
 
@@ -30,17 +28,9 @@ def ha_python() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def house_daemon(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("real-ha")
-    d = start_daemon(shipped_routes_registry(tmp, smollm_path, n_ctx=4096), tmp)
-    yield d
-    d.stop()
-
-
 @pytest.mark.timeout(2400)  # Home Assistant's set-up on a fresh machine, then eight turns on 2 cores
-def test_assist_through_auto_acts_on_the_house_and_tells_the_truth(ha_python: str, house_daemon: Daemon) -> None:
-    lines = run_driver(ha_python, house_daemon.url, "auto:latest", CONVERSATION, timeout=1500)
+def test_assist_through_auto_acts_on_the_house_and_tells_the_truth(ha_python: str, ha: Daemon) -> None:
+    lines = run_driver(ha_python, ha.url, "auto:latest", CONVERSATION, timeout=1500)
     setup = lines[0]
     assert setup["ha_version"] == "2026.11.0" and setup["entry_state"].endswith("LOADED"), setup
     assert setup["subentry_flow"]["data"]["llm_hass_api"] == ["assist"]
@@ -48,6 +38,6 @@ def test_assist_through_auto_acts_on_the_house_and_tells_the_truth(ha_python: st
     report = "\n".join(f"{'ok ' if v.ok else 'BAD'} {v.turn.text!r}: {v.why} -> {v.speech!r}" for v in verdicts)
     assert all(v.ok for v in verdicts), report
     assert not any(v.loop or v.error for v in verdicts), report
-    log = house_daemon.log()
+    log = ha.log()
     # HA asked for num_ctx 8192: the model was reloaded at it instead of silently running at 4096
     assert "context 4096 -> 8192" in log

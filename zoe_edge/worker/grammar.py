@@ -227,6 +227,18 @@ def _is_count(value: Any) -> bool:
     return _is_number(value) and value >= 0 and float(value).is_integer()
 
 
+def _bounded(kind: str, lo: Any, hi: Any) -> dict[str, Any] | bool:
+    """A numeric core schema with the bounds given; ``False`` (no value) when they cross."""
+    if lo is not None and hi is not None and lo > hi:
+        return False
+    core: dict[str, Any] = {"type": kind}
+    if lo is not None:
+        core["minimum"] = lo
+    if hi is not None:
+        core["maximum"] = hi
+    return core
+
+
 def _integral(value: Any) -> bool:
     return _is_number(value) and float(value).is_integer()
 
@@ -500,14 +512,8 @@ class _Lowerer:
                 self.note(
                     f"{path}: exclusive or fractional bounds on a number are rounded inward to whole numbers", False
                 )
-        elif lo is not None and hi is not None and lo > hi:
-            return False
-        core: dict[str, Any] = {"type": kind}
-        if lo is not None:
-            core["minimum"] = lo
-        if hi is not None:
-            core["maximum"] = hi
-        return core
+            return _bounded(kind, lo, hi)
+        return _bounded(kind, lo, hi)
 
     def string(self, s: dict[str, Any], path: str) -> Core:
         core: dict[str, Any] = {"type": "string"}
@@ -767,16 +773,9 @@ class _Lowerer:
         if ta in ("integer", "number"):
             lo = max([c["minimum"] for c in (a, b) if "minimum" in c], default=None)
             hi = min([c["maximum"] for c in (a, b) if "maximum" in c], default=None)
-            if lo is not None and hi is not None and lo > hi:
-                return False
-            out: dict[str, Any] = {"type": ta}
-            if lo is not None:
-                out["minimum"] = lo
-            if hi is not None:
-                out["maximum"] = hi
-            return out
+            return _bounded(ta, lo, hi)
         if ta == "string":
-            out = {"type": "string"}
+            out: dict[str, Any] = {"type": "string"}
             if "minLength" in a or "minLength" in b:
                 out["minLength"] = max(a.get("minLength", 0), b.get("minLength", 0))
             if "maxLength" in a or "maxLength" in b:
