@@ -104,7 +104,11 @@ PROMPTS = [
 # 30 requests take ~15 s on two idle cores; a machine shared with other llama.cpp processes can
 # make that ten times longer, which is not what these tests are about
 SWEEP_TIMEOUT = 900
-CALL_TOKENS = 100  # a call here is 15-45 tokens; room to spare so no call is cut off
+# a call here is usually 15-45 tokens, but the grammar allows each free string up to
+# MAX_ARGUMENT_STRING (128) characters and some CPUs' greedy SmolLM2 fills a name with "&nbsp"s: the
+# budget covers the longest call the grammar admits (two capped strings plus the JSON around them,
+# at most one token per character), so a call is never cut off
+CALL_TOKENS = 400
 
 
 def check_arguments(name: str, args: Any) -> None:

@@ -243,3 +243,13 @@ def test_tool_choice_none_after_a_result_is_still_answered_from_it() -> None:
     # before a result, "none" is the client's own choice and passes through
     first = canonical(body("assist-first-turn")).model_copy(update={"tool_choice": ToolChoice(mode="none")})
     assert not plan_turn(first).applied
+
+
+def test_other_clients_tools_and_explicit_choices_pass_through() -> None:
+    """Without Assist's static context, or with tool_choice "required", the request is the client's."""
+    data = copy.deepcopy(body("assist-first-turn"))
+    data["messages"][0]["content"] = "You control a house."
+    data["messages"][-1]["content"] = "Tell me a joke"
+    assert not plan_turn(canonical(data)).applied
+    required = turn("Tell me a joke").model_copy(update={"tool_choice": ToolChoice(mode="required")})
+    assert not plan_turn(required).applied

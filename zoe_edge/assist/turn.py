@@ -310,7 +310,7 @@ def live_answer(question: str, content: str) -> str | None:
     return "; ".join(_state_phrase(e) for e in shown) + more + "."
 
 
-def _after_results(req: GenerationRequest, messages: list[Message]) -> TurnPlan:
+def _after_results(req: GenerationRequest, messages: list[Message], house: House) -> TurnPlan:
     end = len(messages)
     start = end
     while start > 0 and messages[start - 1].role == "tool":
@@ -328,7 +328,7 @@ def _after_results(req: GenerationRequest, messages: list[Message]) -> TurnPlan:
             break
         role = role_of(call.name)
         sentence = (
-            intent_answer(call, result.content, static_house(req))
+            intent_answer(call, result.content, house)
             if role in _INTENTS
             else live_answer(question, result.content)
             if role == LIVE_CONTEXT
@@ -352,8 +352,12 @@ def plan_turn(req: GenerationRequest, answers: str = "result") -> TurnPlan:
     tools = _tools_by_role(req.tools)
     if not (set(tools) & {TURN_ON, TURN_OFF, LIVE_CONTEXT}):
         return _pass(req, "not a Home Assistant Assist turn")
-    if req.tool_choice.mode == "function":
-        return _pass(req, "the client named the function to call")
+    if req.tool_choice.mode in ("function", "required"):
+        return _pass(req, f"the client chose tool_choice {req.tool_choice.mode!r}")
+    house = static_house(req)
+    if not house:
+        # Assist always lists the exposed entities; without them this is some other client's tools
+        return _pass(req, "the request lists no exposed entities")
     messages = req.messages or []
     if not messages:
         return _pass(req, "no messages")
@@ -362,17 +366,14 @@ def plan_turn(req: GenerationRequest, answers: str = "result") -> TurnPlan:
     if messages[-1].role == "tool":
         if answers == "model":
             return TurnPlan(_no_tools(req), "after a tool result: the model answers, without tools", kind="result")
-        return _after_results(req, messages)
+        return _after_results(req, messages, house)
     if req.tool_choice.mode == "none":
         return _pass(req, "the client chose tool_choice 'none'")
     if messages[-1].role != "user":
         return _pass(req, "the last message is not the user's")
     utt = classify(messages[-1].content)
-    house = static_house(req)
-    if utt.kind == "command" and house:
-        return _command(req, tools, utt, house)
-    if utt.kind == "question" and house:
-        return _question(req, tools, utt, house)
     if utt.kind == "command":
-        return _pass(req, f"{utt.reason}; the request lists no exposed entities")
+        return _command(req, tools, utt, house)
+    if utt.kind == "question":
+        return _question(req, tools, utt, house)
     return TurnPlan(_no_tools(req), f"{utt.reason}: answered without tools", kind=utt.kind)
