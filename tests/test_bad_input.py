@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.conftest import Daemon, copy_truncated, smollm_entry, start_daemon, write_registry
 
@@ -100,7 +102,54 @@ def test_prompt_longer_than_context_is_400(daemon: Daemon) -> None:
 
 def test_unknown_path_and_method(daemon: Daemon) -> None:
     assert_openai_error(httpx.get(daemon.v1 + "/nothing-here"), 404)
-    assert_openai_error(httpx.get(daemon.v1 + "/chat/completions"), 400, "method_not_allowed")
+    r = httpx.get(daemon.v1 + "/chat/completions")
+    assert "GET is not allowed" in assert_openai_error(r, 405, "method_not_allowed")
+    assert r.headers["Allow"] == "POST"
+
+
+SPEC = yaml.safe_load(resources.files("zoe_edge.api").joinpath("openapi.yaml").read_text())
+WRONG = [
+    (path, method)
+    for path, item in SPEC["paths"].items()
+    for method in ("PUT", "DELETE", "POST" if "get" in item else "GET")
+]
+
+
+@pytest.mark.parametrize(("path", "method"), WRONG, ids=[f"{m} {p}" for p, m in WRONG])
+def test_every_documented_path_answers_a_wrong_method_with_405_and_allow(
+    daemon: Daemon, path: str, method: str
+) -> None:
+    """RFC 9110: 405 with the methods the path does answer (HEAD wherever GET), in the path's own dialect."""
+    r = httpx.request(method, daemon.url + path.replace("{name}", "zoe-chat"), json={}, timeout=30)
+    assert r.status_code == 405, r.text
+    documented = {m.upper() for m in SPEC["paths"][path]}
+    assert set(r.headers["Allow"].split(", ")) == documented | ({"HEAD"} if "GET" in documented else set())
+    if path.startswith("/api/") and not path.startswith("/api/telemetry"):
+        assert set(r.json()) == {"error"} and f"{method} is not allowed" in r.json()["error"]
+    else:
+        assert_openai_error(r, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("keep_alive", ["", "soon", True])
+def test_keep_alive_that_is_no_duration_is_400_as_in_ollama(daemon: Daemon, keep_alive: Any) -> None:
+    """Ollama's own server refuses "" (Go's time.ParseDuration) and booleans; openapi.yaml says so too."""
+    r = httpx.post(daemon.url + "/api/chat", json={"model": "zoe-chat", "messages": [], "keep_alive": keep_alive})
+    assert r.status_code == 400 and "keep_alive" in r.json()["error"], r.text
+
+
+def test_keep_alive_past_the_end_of_time_is_for_ever(daemon: Daemon) -> None:
+    """1e12 s is past what a datetime holds: /api/ps says Ollama's far-future expiry instead of failing."""
+    for keep_alive in (1e12, " never ", "10m"):
+        r = httpx.post(
+            daemon.url + "/api/chat",
+            json={"model": "zoe-chat:latest", "messages": [], "keep_alive": keep_alive},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        ps = httpx.get(daemon.url + "/api/ps", timeout=30)
+        assert ps.status_code == 200, ps.text
+        expires = ps.json()["models"][0]["expires_at"]
+        assert expires.startswith("2318-") == (keep_alive != "10m"), (keep_alive, expires)
 
 
 def test_sdk_raises_typed_errors(daemon: Daemon) -> None:

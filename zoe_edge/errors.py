@@ -57,6 +57,18 @@ class ModelNotFound(ZoeError):
     code = "model_not_found"
 
 
+class MethodNotAllowed(ZoeError):
+    """A known path asked with a method it does not answer; the response's ``Allow`` lists those it does."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
 class PayloadTooLarge(ZoeError):
     status = 413
     type = "invalid_request_error"

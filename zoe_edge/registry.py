@@ -32,7 +32,7 @@ from zoe_edge.providers.config import ProviderConfig
 from zoe_edge.worker.templates import bundled_formats
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")  # as openapi.yaml's keep_alive
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -55,7 +55,7 @@ def parse_size(value: Any) -> int:
 
 def parse_duration(value: Any) -> float | None:
     """Seconds from ``300``, ``"300s"``, ``"5m"``, ``"1h"``; ``None``/``-1``/``"never"`` mean forever."""
-    if value is None or value == "never":
+    if value is None or (isinstance(value, str) and value.strip() == "never"):
         return None
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 300, '5m' or 'never'")

@@ -9,18 +9,27 @@ from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import CACHE, KEYS, OBSERVER, REGISTRY, SUPERVISOR, fit_map
+from zoe_edge.api.common import CACHE, KEYS, OBSERVER, REGISTRY, SUPERVISOR, fit_map, resolve
 from zoe_edge.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
-from zoe_edge.registry import Registry
+from zoe_edge.routing.names import registry_name
 from zoe_edge.routing.routes import has_selection, route_selections
 from zoe_edge.usage import query
 
 
-def _registry_model(registry: Registry, name: str) -> str:
-    model = registry.lookup(name)
-    if model is None:
-        raise ModelNotFound(f"{name!r} is not in the registry. Available: {', '.join(registry.names())}", param="name")
-    return model
+async def _registry_model(request: web.Request) -> str:
+    """The local model the path's name stands for: the one resolver, under the admin key's own rules."""
+    name = request.match_info["name"]
+    registry = request.app[REGISTRY]
+    try:
+        resolved, _ = await resolve(request, name)
+    except ModelNotFound:
+        if registry_name(registry, name) in registry.names():
+            raise
+        available = ", ".join(registry.names())
+        raise ModelNotFound(f"{name!r} is not in the registry. Available: {available}", param="name") from None
+    if resolved.model is None:
+        raise InvalidRequest(f"{resolved.name!r} has only cloud targets: no local model to (un)load", param="name")
+    return resolved.model
 
 
 async def status(request: web.Request) -> web.Response:
@@ -95,13 +104,13 @@ async def usage(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
-    model = _registry_model(request.app[REGISTRY], request.match_info["name"])
+    model = await _registry_model(request)
     plan = await request.app[SUPERVISOR].load(model)
     return web.json_response({"loaded": model, "plan": plan.as_dict()})
 
 
 async def unload(request: web.Request) -> web.Response:
-    model = _registry_model(request.app[REGISTRY], request.match_info["name"])
+    model = await _registry_model(request)
     supervisor = request.app[SUPERVISOR]
     if supervisor.loaded != model:
         return web.json_response({"unloaded": None, "loaded": supervisor.loaded})

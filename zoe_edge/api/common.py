@@ -34,7 +34,8 @@ from zoe_edge.errors import (
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatched, Dispatcher
-from zoe_edge.routing.routes import has_selection, plan_request
+from zoe_edge.routing.names import Resolved, registry_name, resolve_name
+from zoe_edge.routing.routes import has_selection
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.supervisor.planner import plan_entry
 from zoe_edge.telemetry.sampler import Sampler
@@ -77,15 +78,11 @@ async def open_generation(
     app = request.app
     rec: UsageRecord | None = request.get("zoe_usage")
     if rec is not None:
-        rec.requested = name
-    key: ClientKey | None = request.get("zoe_key")
+        rec.requested = registry_name(app[REGISTRY], name)
     observer = app.get(OBSERVER)
-    local_only = check_key(observer, key, name) if key is not None and observer is not None else None
-    fits: dict[str, bool] | None = None
-    sizes: dict[str, int] | None = None
-    if has_selection(app[REGISTRY], name):
-        fits, sizes = await fit_map(app[SUPERVISOR])
-    plan = plan_request(app[REGISTRY], name, req, fits, sizes)
+    resolved, local_only = await resolve(request, name, req)
+    plan = resolved.plan
+    req = req.model_copy(update={"model": resolved.name})
     if rec is not None:
         rec.route = plan.route
     # the key's permissions were checked above, so a key that may not use a model gets none of its cached answers
@@ -123,6 +120,27 @@ async def open_generation(
         else:
             dispatched.events = observer.wrap(rec, dispatched.events, lambda: request.get("zoe_cache"))
     return dispatched
+
+
+async def resolve(request: web.Request, name: str, req: GenerationRequest | None = None) -> tuple[Resolved, str | None]:
+    """Every path that names a model comes through here: the one resolver, under the key's rules.
+
+    The key's checks run first, on the registry name (``name`` or ``name:latest``): 403 for a name the
+    key may not use (an unknown one included, so a limited key learns no other names), 429 over its
+    rpm / tpm, each such request counted. Returns the resolution and, when the key is over its daily
+    budget, why it must stay local.
+    """
+    app = request.app
+    registry = app[REGISTRY]
+    canonical = registry_name(registry, name)
+    key: ClientKey | None = request.get("zoe_key")
+    observer = app.get(OBSERVER)
+    local_only = check_key(observer, key, canonical) if key is not None and observer is not None else None
+    fits: dict[str, bool] | None = None
+    sizes: dict[str, int] | None = None
+    if has_selection(registry, canonical):
+        fits, sizes = await fit_map(app[SUPERVISOR])
+    return resolve_name(registry, name, req, fits, sizes), local_only
 
 
 def check_key(observer: Observer, key: ClientKey, name: str) -> str | None:

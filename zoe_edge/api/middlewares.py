@@ -20,7 +20,7 @@ from zoe_edge.api.common import KEYS, OBSERVER, SETTINGS
 from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
     Forbidden,
-    InvalidRequest,
+    MethodNotAllowed,
     ModelNotFound,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -45,7 +45,11 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> ZoeError:
     if isinstance(exc, web.HTTPNotFound):
         return ModelNotFound(f"no such endpoint: {request.method} {request.path}", code="unknown_url")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return InvalidRequest(f"{request.method} is not allowed on {request.path}", code="method_not_allowed")
+        # a 405 with the methods the path answers (RFC 9110); aiohttp answers HEAD wherever it answers GET
+        allowed = tuple(sorted(exc.allowed_methods))
+        return MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}", allowed=allowed
+        )
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge("request body is too large")
     if exc.status == 403:
@@ -123,6 +127,8 @@ def _render_error(request: web.Request, exc: ZoeError) -> web.Response:
     route = request.get("zoe_route")
     if isinstance(route, dict):
         response.headers.update(route)
+    if isinstance(exc, MethodNotAllowed):
+        response.headers["Allow"] = ", ".join(exc.allowed)
     return response
 
 

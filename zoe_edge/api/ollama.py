@@ -29,6 +29,7 @@ from zoe_edge.api.common import (
     open_generation,
     parse_body,
     read_json,
+    resolve,
 )
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
@@ -47,6 +48,7 @@ from zoe_edge.canonical import (
 from zoe_edge.errors import InvalidRequest, ModelNotFound, ZoeError
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import Registry, model_path, parse_duration
+from zoe_edge.routing.names import Resolved, registry_name, resolve_name
 from zoe_edge.supervisor.planner import ContextDecision
 from zoe_edge.supervisor.slot import SERVED_CONTEXT
 
@@ -73,11 +75,6 @@ def context_headers(decision: ContextDecision | None) -> dict[str, str]:
         return {}
     reason = decision.reason.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
     return {"x-zoe-context": str(decision.n_ctx), "x-zoe-context-reason": reason}
-
-
-def bare_name(name: str) -> str:
-    """``zoe-chat:latest`` -> ``zoe-chat``: every registry name is published with the ``latest`` tag."""
-    return name[: -len(":latest")] if name.endswith(":latest") else name
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -167,6 +164,14 @@ class _Common(Lenient):
     think: bool | str | None = None  # accepted; the local models do not think out loud
     cache: CacheControls | None = None  # response cache controls, as in the OpenAI dialect
 
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _no_bool_keep_alive(cls, value: Any) -> Any:
+        # pydantic would read true as 1 s; Ollama refuses a boolean, and so does openapi.yaml
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as 300, '5m' or -1, not a boolean")
+        return value
+
     def constraint(self) -> OutputConstraint | None:
         if self.format == "json":
             return OutputConstraint(kind="json")
@@ -239,18 +244,24 @@ class GenerateRequest(_Common):
 # --- model listings ---------------------------------------------------------------------------
 
 
-def _local_model_of(registry: Registry, name: str) -> str | None:
-    """The local model a published name stands for (a route's first local target), if any."""
-    model = registry.lookup(name)
-    if model is not None:
-        return model
-    route = registry.routes.get(name)
-    if route is None and registry.auto is not None and name == registry.auto.name:
-        return _local_model_of(registry, registry.auto.default)
-    for target in route.targets if route else []:
-        if target in registry.models:
-            return target
-    return None
+def _listed_model(registry: Registry, name: str) -> str | None:
+    """The local model a listed registry name stands for (the one resolver, no key: a listing names none)."""
+    try:
+        return resolve_name(registry, name).model
+    except ModelNotFound:  # a route whose select rule has no candidate: listed, with no facts
+        return None
+
+
+async def _resolve_known(request: web.Request, name: str, req: GenerationRequest | None = None) -> Resolved:
+    """:func:`resolve` under the key's rules; an unknown name is Ollama's ``model '...' not found``."""
+    try:
+        resolved, _ = await resolve(request, name, req)
+    except ModelNotFound:
+        registry = request.app[REGISTRY]
+        if registry_name(registry, name) in registry.names():
+            raise  # a known name that cannot resolve now says why
+        raise ModelNotFound(f"model '{name}' not found") from None
+    return resolved
 
 
 def _facts(request: web.Request, model: str | None) -> tuple[GGUFInfo | None, float]:
@@ -292,7 +303,7 @@ def _digest(info: GGUFInfo | None, mtime: float) -> str:
 
 
 def _entry(request: web.Request, name: str) -> dict[str, Any]:
-    info, mtime = _facts(request, _local_model_of(request.app[REGISTRY], name))
+    info, mtime = _facts(request, _listed_model(request.app[REGISTRY], name))
     modified = datetime.fromtimestamp(mtime, timezone.utc) if mtime else datetime.now(timezone.utc)
     return {
         "name": f"{name}:latest",
@@ -318,7 +329,10 @@ async def ps(request: web.Request) -> web.Response:
     size = plan.total_bytes if plan else entry["size"]
     on_gpu = plan is not None and plan.gpu_layers > 0
     idle = supervisor.idle_unload_at()
-    expires = FOREVER if idle is None else datetime.now(timezone.utc) + timedelta(seconds=max(0.0, idle))
+    now = datetime.now(timezone.utc)
+    # a keep_alive of 1e12 s is "for ever" too: past FOREVER, datetime itself would overflow
+    far = idle is None or idle >= (FOREVER - now).total_seconds()
+    expires = FOREVER if far or idle is None else now + timedelta(seconds=max(0.0, idle))
     entry.update(
         {
             "size": size,
@@ -332,11 +346,10 @@ async def ps(request: web.Request) -> web.Response:
 
 async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
-    name = bare_name(str(body.get("model") or body.get("name") or "")) if isinstance(body, dict) else ""
+    raw = str(body.get("model") or body.get("name") or "") if isinstance(body, dict) else ""
+    resolved = await _resolve_known(request, raw)
     registry = request.app[REGISTRY]
-    if name not in registry.names():
-        raise ModelNotFound(f"model '{name}' not found")
-    model = _local_model_of(registry, name)
+    name, model = resolved.name, resolved.model
     info, mtime = _facts(request, model)
     entry = registry.models[model] if model else None
     model_info: dict[str, Any] = {}
@@ -370,15 +383,20 @@ async def pull(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
-    name = bare_name(str(body.get("model") or body.get("name") or ""))
-    if name not in request.app[REGISTRY].names():
-        listed = ", ".join(f"{n}:latest" for n in request.app[REGISTRY].names())
+    name = str(body.get("model") or body.get("name") or "")
+    registry = request.app[REGISTRY]
+    try:
+        await resolve(request, name)  # the key's rules first: a limited key learns no other names
+    except ModelNotFound:
+        if registry_name(registry, name) in registry.names():
+            raise
+        listed = ", ".join(f"{n}:latest" for n in registry.names())
         raise ModelNotFound(
             f"pull model manifest: {name!r} is not in models.yaml, and zoe-edge does not download models. "
             f"Choose one of the models it serves ({listed}), or copy the model's GGUF file onto this machine "
             f"and add it to models.yaml under models: (a name with file: <path to the .gguf>), then restart "
             f"zoe-edge and choose that name"
-        )
+        ) from None
     steps = [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"}, {"status": "success"}]
     if body.get("stream") is False:
         return web.json_response(steps[-1])
@@ -426,22 +444,28 @@ def _call(call: ToolCall) -> dict[str, Any]:
     return {"function": {"name": call.name, "arguments": call.arguments}}
 
 
-async def _lifecycle_only(request: web.Request, body: _Common, name: str, kind: str) -> web.Response:
-    """Empty messages / prompt: load the model (or unload it with keep_alive 0), generate nothing."""
-    registry = request.app[REGISTRY]
-    model = _local_model_of(registry, name)
-    if model is None:
-        raise ModelNotFound(f"model '{name}' not found")
+async def _lifecycle_only(request: web.Request, body: ChatRequest | GenerateRequest, kind: str) -> web.Response:
+    """Empty messages / prompt: load the model (or unload it with keep_alive 0), generate nothing.
+
+    The name resolves as a generation's would (``auto`` applies its rules to what the body has), under
+    the same key rules; a name whose targets are all cloud models has nothing to load here.
+    """
+    try:
+        req: GenerationRequest | None = body.to_canonical()
+    except (ValidationError, InvalidRequest):
+        req = None  # what the body would generate does not matter for a load; the name still resolves
+    model = (await _resolve_known(request, body.model, req)).model
     supervisor = request.app[SUPERVISOR]
     given, seconds = body.keep_alive_seconds()
     if given and seconds == 0:
-        if supervisor.loaded == model:
+        if model is not None and supervisor.loaded == model:
             await supervisor.unload()
         reason = "unload"
     else:
-        await supervisor.load(model)
-        if given:
-            supervisor.set_keep_alive(model, seconds)
+        if model is not None:
+            await supervisor.load(model)
+            if given:
+                supervisor.set_keep_alive(model, seconds)
         reason = "load"
     out: dict[str, Any] = {"model": body.model, "created_at": _now(), "done": True, "done_reason": reason}
     if kind == "chat":
@@ -457,19 +481,18 @@ async def _generate(request: web.Request, kind: Literal["chat", "generate"]) -> 
     body: ChatRequest | GenerateRequest = (
         parse_body(ChatRequest, raw) if kind == "chat" else parse_body(GenerateRequest, raw)
     )
-    name = bare_name(body.model)
     empty = not body.messages if isinstance(body, ChatRequest) else not body.prompt
     if empty:
-        return await _lifecycle_only(request, body, name, kind)
+        return await _lifecycle_only(request, body, kind)
     try:
-        canonical = body.to_canonical().model_copy(update={"model": name})
+        canonical = body.to_canonical()
     except ValidationError as exc:
         # a combination the canonical request refuses (format with tools): the client's mistake, a 400
         problem = exc.errors(include_url=False)[0]["msg"]
         raise InvalidRequest(problem.removeprefix("Value error, "), code="invalid_value") from None
     given, seconds = body.keep_alive_seconds()
     SERVED_CONTEXT.set(None)  # set again by the supervisor if the slot serves this request
-    dispatched = await open_generation(request, name, canonical, body.cache)
+    dispatched = await open_generation(request, body.model, canonical, body.cache)
     if given and dispatched.served_by.local:
         request.app[SUPERVISOR].set_keep_alive(dispatched.served_by.model, seconds)
     final = _Final(started)
