@@ -48,6 +48,7 @@ from zoe_edge.canonical import (
 from zoe_edge.errors import InvalidRequest, ModelNotFound, ZoeError
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import Registry, model_path, parse_duration
+from zoe_edge.routing.dispatch import header_text
 from zoe_edge.routing.names import Resolved, registry_name, resolve_name
 from zoe_edge.supervisor.planner import ContextDecision
 from zoe_edge.supervisor.slot import SERVED_CONTEXT
@@ -73,8 +74,7 @@ def context_headers(decision: ContextDecision | None) -> dict[str, str]:
     """``x-zoe-context``: the context a local generation was served at, and why (``num_ctx`` honoured or not)."""
     if decision is None:
         return {}
-    reason = decision.reason.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
-    return {"x-zoe-context": str(decision.n_ctx), "x-zoe-context-reason": reason}
+    return {"x-zoe-context": str(decision.n_ctx), "x-zoe-context-reason": header_text(decision.reason)}
 
 
 # --- requests ---------------------------------------------------------------------------------

@@ -35,6 +35,12 @@ class Upstream(Protocol):
     async def close(self) -> None: ...
 
 
+def header_text(text: str) -> str:
+    """A reason as a header value: reasons quote entity and model names, which may be any text, and a
+    header carries ASCII on one line."""
+    return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+
+
 @dataclass
 class Dispatched:
     plan: RoutePlan
@@ -48,8 +54,7 @@ class Dispatched:
     def headers(self) -> dict[str, str]:
         out = {"x-zoe-route": self.plan.reason, "x-zoe-served-by": self.served_by.label}
         if self.turn is not None:
-            # entity names may be any text; a header carries ASCII on one line
-            out["x-zoe-turn"] = self.turn.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+            out["x-zoe-turn"] = header_text(self.turn)
         if self.skipped:
             out["x-zoe-fallback-reason"] = "; ".join(self.skipped)
         if self.cache is not None:

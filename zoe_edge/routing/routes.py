@@ -63,12 +63,13 @@ def last_user_text(req: GenerationRequest) -> str:
 def match_rule(auto: AutoRouting, req: GenerationRequest) -> AutoRule | None:
     """The first rule whose every condition holds."""
     text = last_user_text(req)
+    kind = classify_utterance(text).kind if any(rule.utterance for rule in auto.rules) else None
     for rule in auto.rules:
         if rule.tools is not None and rule.tools != bool(req.tools):
             continue
         if rule.pattern is not None and not re.search(rule.pattern, text, re.IGNORECASE):
             continue
-        if rule.utterance is not None and classify_utterance(text).kind != rule.utterance:
+        if rule.utterance is not None and kind != rule.utterance:
             continue
         return rule
     return None
