@@ -136,7 +136,7 @@ async def test_budget_exhausted_keeps_the_key_local(daemon: Daemon, cloud: OpenA
     assert status["keys"]["default"]["spent_today_usd"] == pytest.approx(CLOUD_COST)
 
     metrics = (await get(daemon, "/metrics", API_KEY)).text
-    assert 'zoe_fallbacks_total{reason="daily cloud budget"} 1.0' in metrics
+    assert 'zoe_fallbacks_total{reason="budget_exceeded"} 1.0' in metrics
     assert 'zoe_cost_usd_total{key="ha"} 0.052' in metrics
     assert 'zoe_requests_total{route="cloud-first",status="200",target="local:smol"} 1.0' in metrics
     assert 'zoe_supervisor_state{state="ready"} 1.0' in metrics

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from zoe_edge.errors import ZoeError, error_for_status
+from zoe_edge.errors import Failure, ZoeError, error_for_status
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
@@ -227,6 +227,10 @@ class ErrorEvent:
 
     def as_exception(self) -> ZoeError:
         return error_for_status(self.status, self.message, code=self.code)
+
+    @property
+    def kind(self) -> Failure:
+        return Failure.of(self.code, self.status)
 
 
 Event = TextDelta | ToolCall | Finish | ErrorEvent

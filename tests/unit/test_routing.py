@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from zoe_edge.canonical import GenerationRequest, Message, Tool
-from zoe_edge.errors import ModelNotFound, RegistryError
+from zoe_edge.errors import Failure, ModelNotFound, RegistryError
 from zoe_edge.registry import load_registry, parse_registry
 from zoe_edge.routing.routes import Target, classify, fallback_reason, parse_target, plan_request
 
@@ -125,13 +125,13 @@ def test_parse_target() -> None:
         ("model_load_failed", 503, "model failed to load"),
         ("worker_crashed", 503, "worker crashed before the first token"),
         (None, 502, "error 502"),
-        (None, 429, "error 429"),
+        (None, 429, "provider rate-limited"),
         ("invalid_value", 400, None),  # the request is wrong: another target would not fix it
         ("context_length_exceeded", 400, None),
     ],
 )
 def test_fallback_reasons(code: str | None, status: int, expected: str | None) -> None:
-    assert fallback_reason(code, status) == expected
+    assert fallback_reason(Failure.of(code, status), status) == expected
 
 
 BASE: dict[str, Any] = {"default": "m", "models": {"m": {"file": "/x.gguf"}}}

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from zoe_edge.errors import Failure
 from zoe_edge.usage import query
 from zoe_edge.usage.ledger import Ledger
 from zoe_edge.usage.metrics import Metrics
-from zoe_edge.usage.record import UsageRecord, fallback_label
+from zoe_edge.usage.record import UsageRecord
 
 NOW = 1_700_000_000.0
 
@@ -35,12 +36,15 @@ def test_parse_since() -> None:
         query.parse_since("yesterday", NOW)
 
 
-def test_fallback_labels_stay_few() -> None:
-    assert fallback_label("local:smol: local model busy (the local model is busy)") == "local model busy"
-    assert fallback_label("cloud:x: provider cooling down for 42 s") == "provider cooling down"
-    assert fallback_label("cloud:x: error 418 (teapot)") == "error 418"
-    assert fallback_label("cloud:x: key 'ha' spent $1 of its $1.00 daily cloud budget") == "daily cloud budget"
-    assert fallback_label("cloud:x: something new") == "other"
+def test_every_failure_kind_has_a_status_and_fallback_only_where_another_target_helps() -> None:
+    for kind in Failure:
+        assert 400 <= kind.status < 600, kind
+    assert Failure.BUSY.fallback == "local model busy" and Failure.BUSY.status == 503
+    assert Failure.INVALID_REQUEST.fallback is None and Failure.CONTEXT_LENGTH_EXCEEDED.fallback is None
+    # a code from outside the set (an upstream's own) is read by its status
+    assert Failure.of("teapot", 418) is Failure.INVALID_REQUEST and Failure.of("weird", 502) is Failure.SERVER_ERROR
+    assert Failure.of(None, 429) is Failure.UPSTREAM_RATE_LIMITED
+    assert Failure.of("budget_exceeded", 429) is Failure.OVER_BUDGET
 
 
 async def test_ledger_commits_groups_and_prunes(tmp_path: Path) -> None:
@@ -99,14 +103,14 @@ def test_metrics_from_one_record() -> None:
             cost_usd=0.25,
             key_id="ha",
             cache="miss",
-            skipped=["local:smol: local model busy (x)"],
+            skipped=[Failure.BUSY],
         )
     )
     text = m.render().decode()
     assert 'zoe_requests_total{route="chat",status="200",target="cloud:gpt"} 1.0' in text
     assert 'zoe_tokens_total{kind="cached"} 8.0' in text
     assert "zoe_prompt_cached_tokens_total 8.0" in text and "zoe_prefix_hits_total 1.0" in text
-    assert 'zoe_fallbacks_total{reason="local model busy"} 1.0' in text
+    assert 'zoe_fallbacks_total{reason="busy"} 1.0' in text
     assert 'zoe_cache_requests_total{status="miss"} 1.0' in text
     assert 'zoe_cost_usd_total{key="ha"} 0.25' in text
     assert 'zoe_ttft_seconds_bucket{le="0.025",locality="cloud"} 1.0' in text

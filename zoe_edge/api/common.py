@@ -109,8 +109,8 @@ async def open_generation(
     if rec is not None and observer is not None:
         rec.target = dispatched.served_by.label
         rec.locality = locality(dispatched)
-        rec.skipped = dispatched.skipped
-        rec.fallback_reason = "; ".join(dispatched.skipped) or None
+        rec.skipped = [skip.kind for skip in dispatched.skipped]
+        rec.fallback_reason = dispatched.fallback_reason()
         rec.ttft_ms = round((time.perf_counter() - rec.started) * 1000, 3)
         if isinstance(dispatched.first, Finish):
             # an empty answer: the first event is the last, so the row is committed before any byte is sent

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Message
-from zoe_edge.errors import ZoeError
+from zoe_edge.errors import Failure, ZoeError
 from zoe_edge.providers.config import ProviderConfig
 
 log = logging.getLogger("zoe_edge.providers")
@@ -71,7 +71,7 @@ class ProviderError(ZoeError):
     @property
     def counts_as_failure(self) -> bool:
         """Whether this says something about the provider's health (a rejected request does not)."""
-        return self.status != 400 and self.code not in ("cooling_down", "provider_disabled")
+        return self.status != 400 and self.kind not in (Failure.COOLING_DOWN, Failure.PROVIDER_DISABLED)
 
 
 class ProviderStalled(ProviderError):

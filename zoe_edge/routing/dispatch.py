@@ -14,10 +14,10 @@ from typing import Protocol
 
 from zoe_edge.assist import TurnPlan, plan_turn
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, Usage
-from zoe_edge.errors import ServiceUnavailable, TooManyRequests, ZoeError
+from zoe_edge.errors import Failure, ServiceUnavailable, TooManyRequests, ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.resolve import with_model_defaults
-from zoe_edge.routing.routes import RoutePlan, Target, effective_tool_choice, fallback_reason, thermal_skip
+from zoe_edge.routing.routes import RoutePlan, Skip, Target, effective_tool_choice, fallback_reason, thermal_skip
 from zoe_edge.supervisor import Supervisor
 
 log = logging.getLogger("zoe_edge.routing")
@@ -47,7 +47,7 @@ class Dispatched:
     served_by: Target
     first: Event | None
     events: AsyncGenerator[Event, None]
-    skipped: list[str] = field(default_factory=list)  # "target: why", one per target passed over
+    skipped: list[Skip] = field(default_factory=list)  # one per target passed over
     cache: str | None = None  # hit | miss | bypass, from the response cache
     turn: str | None = None  # how the assist turn planner shaped a local answer, when it did
 
@@ -56,10 +56,13 @@ class Dispatched:
         if self.turn is not None:
             out["x-zoe-turn"] = header_text(self.turn)
         if self.skipped:
-            out["x-zoe-fallback-reason"] = "; ".join(self.skipped)
+            out["x-zoe-fallback-reason"] = self.fallback_reason() or ""
         if self.cache is not None:
             out["x-zoe-cache"] = self.cache
         return out
+
+    def fallback_reason(self) -> str | None:
+        return "; ".join(str(s) for s in self.skipped) or None
 
 
 def apply_route_params(req: GenerationRequest, plan: RoutePlan, planned_turn: bool = False) -> GenerationRequest:
@@ -119,18 +122,20 @@ class Dispatcher:
         upstream = self.upstreams[target.provider or ""]
         return upstream.generate(target.model, req)
 
-    def _unusable(self, target: Target, has_fallback: bool) -> str | None:
+    def _unusable(self, target: Target, has_fallback: bool) -> Skip | None:
+        """Why ``target`` must not even be tried now, or ``None``."""
         if target.local:
-            return thermal_skip(*self.thermal(), has_fallback)
+            hot = thermal_skip(*self.thermal(), has_fallback)
+            return None if hot is None else Skip(target.label, Failure.TOO_HOT, hot)
         upstream = self.upstreams.get(target.provider or "")
         if upstream is None:
-            return "provider not configured"
+            return Skip(target.label, Failure.PROVIDER_MISSING, "provider not configured")
         disabled = upstream.disabled_reason()
         if disabled:
-            return f"provider disabled ({disabled})"
+            return Skip(target.label, Failure.PROVIDER_DISABLED, f"provider disabled ({disabled})")
         cooling = upstream.cooling_down()
         if cooling:
-            return f"provider cooling down for {cooling:.0f} s"
+            return Skip(target.label, Failure.COOLING_DOWN, f"provider cooling down for {cooling:.0f} s")
         return None
 
     async def dispatch(
@@ -158,48 +163,48 @@ class Dispatcher:
         local_req = apply_route_params(turn.request, plan, planned_turn=turn.applied)
         req = apply_route_params(req, plan)
         wait = deadline if deadline is not None else plan.deadline
-        skipped: list[str] = []
+        skipped: list[Skip] = []
         waits: list[float] = []
         # with nowhere else to go, a target's own error is the most useful answer
         alone = len(plan.targets) == 1
         for i, target in enumerate(plan.targets):
             if local_only is not None and not target.local:
-                skipped.append(f"{target.label}: {local_only}")
+                skipped.append(Skip(target.label, Failure.OVER_BUDGET, local_only))
                 continue
-            why = self._unusable(target, has_fallback=i < len(plan.targets) - 1)
-            if why is not None:
-                skipped.append(f"{target.label}: {why}")
+            unusable = self._unusable(target, has_fallback=i < len(plan.targets) - 1)
+            if unusable is not None:
+                skipped.append(unusable)
                 if alone:
-                    raise ServiceUnavailable(f"{target.label}: {why}", code="too_hot", retry_after=60)
+                    raise ServiceUnavailable(str(unusable), code=unusable.kind, retry_after=60)
                 continue
             events = self._open(target, local_req if target.local else req, wait, turn)
             try:
                 first = await anext(events, None)
             except ZoeError as exc:
                 await events.aclose()
-                reason = fallback_reason(exc.code, exc.status)
+                reason = fallback_reason(exc.kind, exc.status)
                 if reason is None or alone:
                     exc.target = target.label
                     raise
-                skipped.append(f"{target.label}: {reason} ({exc.message})")
+                skipped.append(Skip(target.label, exc.kind, f"{reason} ({exc.message})"))
                 if exc.retry_after is not None:
                     waits.append(exc.retry_after)
                 continue
             if isinstance(first, ErrorEvent) and not alone:
-                reason = fallback_reason(first.code, first.status)
+                reason = fallback_reason(first.kind, first.status)
                 if reason is not None:
                     await events.aclose()
-                    skipped.append(f"{target.label}: {reason} ({first.message})")
+                    skipped.append(Skip(target.label, first.kind, f"{reason} ({first.message})"))
                     continue
             if skipped:
-                log.warning("%s served by %s after: %s", plan.route, target.label, "; ".join(skipped))
+                log.warning("%s served by %s after: %s", plan.route, target.label, "; ".join(map(str, skipped)))
             shaped = turn.reason if target.local and turn.applied else None
             if shaped is not None:
                 log.info("assist turn (%s): %s", turn.kind, shaped)
             return Dispatched(plan, target, first, events, skipped, turn=shaped)
-        tried = "; ".join(skipped) or "no targets"
+        tried = "; ".join(map(str, skipped)) or "no targets"
         raise ServiceUnavailable(
             f"no target could serve {plan.route!r}: {tried}",
-            code="no_target_available",
+            code=Failure.NO_TARGET,
             retry_after=min(waits) if waits else 5.0,
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from zoe_edge.assist.utterance import classify as classify_utterance
 from zoe_edge.canonical import GenerationRequest, ToolChoice
-from zoe_edge.errors import ModelNotFound
+from zoe_edge.errors import Failure, ModelNotFound
 from zoe_edge.registry import AutoRouting, AutoRule, Registry, Route, SelectTarget, ToolChoicePolicy
 from zoe_edge.routing.select import Selection, select_model
 
@@ -30,6 +30,18 @@ class Target:
     @property
     def label(self) -> str:
         return f"{self.provider or 'local'}:{self.model}"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A target passed over: which, the kind of failure (for metrics and the ledger) and the readable why."""
+
+    target: str
+    kind: Failure
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.target}: {self.why}"
 
 
 @dataclass(frozen=True)
@@ -157,26 +169,6 @@ def plan_request(
     raise ModelNotFound(f"The model {requested!r} does not exist. Available: {known}", param="model")
 
 
-# why a failed attempt lets the next target try; codes not listed here end the request
-FALLBACK_REASONS = {
-    "busy": "local model busy",
-    "queue_full": "local queue full",
-    "model_too_large": "model does not fit",
-    "model_missing": "model file missing",
-    "model_load_failed": "model failed to load",
-    "worker_crashed": "worker crashed before the first token",
-    "worker_timeout": "worker timed out before the first token",
-    "too_hot": "board over its thermal limit",
-    "provider_disabled": "provider disabled",
-    "cooling_down": "provider cooling down",
-    "upstream_error": "provider failed",
-    "upstream_unreachable": "provider unreachable",
-    "upstream_overloaded": "provider overloaded",
-    "upstream_timeout": "provider timed out",
-    "rate_limited": "provider rate-limited",
-}
-
-
 def thermal_skip(state: str, why: str, has_fallback: bool) -> str | None:
     """Why the local model must not start this request because of heat, or ``None``.
 
@@ -188,10 +180,8 @@ def thermal_skip(state: str, why: str, has_fallback: bool) -> str | None:
     return None
 
 
-def fallback_reason(code: str | None, status: int) -> str | None:
+def fallback_reason(kind: Failure, status: int) -> str | None:
     """Why the next target may try after this failure, or ``None`` when the request itself is at fault."""
-    if code in FALLBACK_REASONS:
-        return FALLBACK_REASONS[code]
-    if status >= 500 or status == 429:
+    if kind is Failure.SERVER_ERROR:
         return f"error {status}"
-    return None
+    return kind.fallback

@@ -25,7 +25,7 @@ import psutil
 
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest
 from zoe_edge.config import Settings
-from zoe_edge.errors import ModelLoadFailed, ServiceUnavailable, WorkerFailed, ZoeError
+from zoe_edge.errors import Failure, ModelLoadFailed, ServiceUnavailable, WorkerFailed, ZoeError
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, GGUFMissing, read_gguf
 from zoe_edge.registry import ModelEntry, Registry, ensure_model_file
 from zoe_edge.supervisor import device, scheduler
@@ -97,7 +97,7 @@ def file_signature(path: Path) -> tuple[int, int] | None:
 
 
 @dataclass
-class Failure:
+class LoadFailure:
     reason: str
     count: int
     retry_at: float
@@ -137,7 +137,7 @@ class Supervisor:
         self.swaps: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         # called with each swap record as it happens (the metrics count loads and their durations)
         self.swap_listeners: list[Callable[[dict[str, Any]], None]] = []
-        self.failures: dict[str, Failure] = {}
+        self.failures: dict[str, LoadFailure] = {}
         self.stats: dict[str, ModelStats] = collections.defaultdict(ModelStats)
         self._worker: WorkerProcess | None = None
         self._spare: WorkerProcess | None = None
@@ -327,14 +327,14 @@ class Supervisor:
                 ticket = await self._admit(model, deadline, req.n_ctx)
                 worker = await self._await_grant(ticket, deadline)
             except ServiceUnavailable as exc:
-                if attempt == 2 and exc.code in ("busy", "queue_full"):
+                if attempt == 2 and exc.kind in (Failure.BUSY, Failure.QUEUE_FULL):
                     # the crash is the news: a route falls back on it, not on the wait the retry would need
                     raise ServiceUnavailable(
                         f"the model worker died before answering and a retry would wait too long: {exc.message}",
                         code="worker_crashed",
                         retry_after=exc.retry_after or 1,
                     ) from None
-                if exc.code != "worker_crashed" or attempt == 2:
+                if exc.kind is not Failure.WORKER_CRASHED or attempt == 2:
                     raise
                 log.warning("%s; retrying the request once", exc.message)
                 continue
@@ -347,11 +347,12 @@ class Supervisor:
                 async with contextlib.aclosing(stream) as events:
                     first = True
                     async for event in events:
-                        if isinstance(event, ErrorEvent) and event.code in ("worker_crashed", "worker_timeout"):
+                        died = (Failure.WORKER_CRASHED, Failure.WORKER_TIMEOUT)
+                        if isinstance(event, ErrorEvent) and event.kind in died:
                             crashed = True
                             self.last_error = event.message
                             # a stall may be the request's own doing and has cost its timeout already
-                            retry = first and attempt == 1 and event.code == "worker_crashed"
+                            retry = first and attempt == 1 and event.kind is Failure.WORKER_CRASHED
                             if retry:
                                 break
                         elif isinstance(event, Finish) and event.usage.completion_tokens > 1:
@@ -685,7 +686,7 @@ class Supervisor:
             signature = file_signature(self.model_file(model))
         except (OSError, ValueError):
             signature = None
-        self.failures[model] = Failure(reason, count, time.monotonic() + delay, signature)
+        self.failures[model] = LoadFailure(reason, count, time.monotonic() + delay, signature)
         self.last_error = reason
         if self.model == model or self.model is None:
             self.state, self.model = SlotState.FAILED, model

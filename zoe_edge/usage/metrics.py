@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from zoe_edge import __version__
-from zoe_edge.usage.record import UsageRecord, fallback_label
+from zoe_edge.usage.record import UsageRecord
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -104,7 +104,7 @@ class Metrics:
             "zoe_prompt_cached_tokens", "prompt tokens reused from the model's prefix cache", registry=r
         )
         self.prefix_hits = Counter("zoe_prefix_hits", "requests that reused a cached prompt prefix", registry=r)
-        self.fallbacks = Counter("zoe_fallbacks", "targets passed over, by reason", ["reason"], registry=r)
+        self.fallbacks = Counter("zoe_fallbacks", "targets passed over, by failure kind", ["reason"], registry=r)
         self.cache = Counter("zoe_cache_requests", "response cache lookups by outcome", ["status"], registry=r)
         self.cost = Counter("zoe_cost_usd", "cloud spend in US dollars", ["key"], registry=r)
         self.rate_limited = Counter(
@@ -137,8 +137,8 @@ class Metrics:
             self.tokens.labels("cached").inc(rec.cached_tokens)
             self.cached_prompt.inc(rec.cached_tokens)
             self.prefix_hits.inc()
-        for skipped in rec.skipped:
-            self.fallbacks.labels(fallback_label(skipped)).inc()
+        for kind in rec.skipped:
+            self.fallbacks.labels(kind.value).inc()
         if rec.cache is not None:
             self.cache.labels(rec.cache).inc()
         if rec.cost_usd > 0:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from zoe_edge.canonical import Usage
+from zoe_edge.errors import Failure
 
 # the endpoints whose requests are generations (and get a ledger row even when they fail)
 GENERATION_PATHS = frozenset(
@@ -35,7 +35,7 @@ class UsageRecord:
     status: int = 0
     error: str | None = None
     stream: bool = False
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[Failure] = field(default_factory=list)  # why each target passed over was, as kinds
     done: bool = False  # sent to the sinks (exactly once)
 
     def add_usage(self, usage: Usage) -> None:
@@ -68,35 +68,3 @@ COLUMNS = (
 
 def row(rec: UsageRecord) -> tuple[object, ...]:
     return tuple(getattr(rec, c) for c in COLUMNS)
-
-
-_KNOWN_REASONS = (
-    "local model busy",
-    "local queue full",
-    "model does not fit",
-    "model file missing",
-    "model failed to load",
-    "worker crashed",
-    "worker timed out",
-    "thermal limit",
-    "daily cloud budget",
-    "provider not configured",
-    "provider disabled",
-    "provider cooling down",
-    "provider failed",
-    "provider unreachable",
-    "provider overloaded",
-    "provider timed out",
-    "provider rate-limited",
-)
-_ERROR_N = re.compile(r"\berror (\d{3})\b")
-
-
-def fallback_label(skipped: str) -> str:
-    """A low-cardinality metric label for one ``"target: why"`` skip (the why carries free text)."""
-    why = skipped.partition(": ")[2] or skipped
-    for known in _KNOWN_REASONS:
-        if known in why:
-            return known
-    match = _ERROR_N.search(why)
-    return f"error {match.group(1)}" if match else "other"
