@@ -195,4 +195,4 @@ def test_thermal_skip() -> None:
     assert thermal_skip("soft", "tj 96 C", has_fallback=False) is None  # nowhere else to go: stay local
     assert thermal_skip("soft", "tj 96 C", has_fallback=True) == "board over its soft thermal limit (tj 96 C)"
     assert thermal_skip("hard", "tj 101 C", has_fallback=False) == "board over its hard thermal limit (tj 101 C)"
-    assert fallback_reason("too_hot", 503) == "board over its thermal limit"
+    assert fallback_reason(Failure.TOO_HOT, 503) == "board over its thermal limit"
