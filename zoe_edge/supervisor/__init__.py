@@ -1,5 +1,6 @@
-"""The single model slot and (later) the planner that decides what may be loaded."""
+"""The single model slot and the planner that decides what may be loaded."""
 
-from zoe_edge.supervisor.slot import SlotState, Supervisor
+from zoe_edge.supervisor.slot import Supervisor
+from zoe_edge.supervisor.state import InvalidTransition, SlotState
 
-__all__ = ["SlotState", "Supervisor"]
+__all__ = ["InvalidTransition", "SlotState", "Supervisor"]
