@@ -1,0 +1,480 @@
+"""Everything zoe-edge uses of llama-cpp-python, and the only module that imports it.
+
+llama-cpp-python changes its low-level surface between patch releases (the KV-cache calls moved
+to ``llama_memory_*``, the vocabulary got its own handle), and the engine leans on private parts
+of ``Llama`` (its context, its token buffer) to count cached tokens and to swap KV snapshots. With
+all of that here, a new release is checked in one place: :func:`check` names the version and
+every attribute we need that it lacks, and the worker refuses to start on a mismatch instead of
+failing in the middle of a request.
+
+Nothing here imports ``llama_cpp`` at module level: importing it loads libllama, which the daemon
+process must never do, and :func:`check` must work when the import itself is what is broken.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import importlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import llama_cpp
+    from llama_cpp.llama_grammar import PRIMITIVE_RULES as PRIMITIVE_RULES
+    from llama_cpp.llama_grammar import RESERVED_NAMES as RESERVED_NAMES
+    from llama_cpp.llama_grammar import STRING_FORMAT_RULES as STRING_FORMAT_RULES
+    from llama_cpp.llama_grammar import LlamaGrammar
+    from llama_cpp.llama_grammar import SchemaConverter as SchemaConverter
+    from llama_cpp.llama_grammar import _build_repetition as build_repetition
+
+__all__ = [
+    "DISTRIBUTION",
+    "PRIMITIVE_RULES",
+    "REQUIRED",
+    "RESERVED_NAMES",
+    "SAMPLING_DEFAULTS",
+    "STRING_FORMAT_RULES",
+    "SUPPORTED",
+    "Compatibility",
+    "LlamaLog",
+    "Model",
+    "SamplingParams",
+    "SchemaConverter",
+    "build_repetition",
+    "chat_formatter",
+    "check",
+    "generation_tags_extension",
+    "in_supported_range",
+    "json_gbnf",
+    "supports_gpu_offload",
+    "version_tuple",
+]
+
+DISTRIBUTION = "llama-cpp-python"
+# the releases whose API this module was written against; REQUIRED below is what actually matters
+SUPPORTED = ">=0.3.8,<0.4"
+_LOWEST = (0, 3, 8)
+_BELOW = (0, 4)
+
+# module -> attributes (dotted for class members) that zoe-edge calls; instance attributes of a
+# loaded model cannot be seen without one and are checked in Model.__init__
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "llama_cpp": (
+        "Llama",
+        "Llama.generate",
+        "Llama.tokenize",
+        "Llama.set_seed",
+        "Llama.n_ctx",
+        "Llama.token_bos",
+        "Llama.token_eos",
+        "Llama.close",
+        "Llama.ctx",
+        "Llama._input_ids",
+        "LLAMA_DEFAULT_SEED",
+        "GGML_TYPE_Q8_0",
+        "GGML_TYPE_Q4_0",
+        "llama_log_callback",
+        "llama_log_set",
+        "ggml_abort_callback",
+        "llama_set_abort_callback",
+        "llama_sampler_init_grammar",
+        "llama_sampler_free",
+        "llama_vocab_is_eog",
+        "llama_state_seq_get_size",
+        "llama_state_seq_get_data",
+        "llama_state_seq_set_data",
+        "llama_supports_gpu_offload",
+    ),
+    "llama_cpp._internals": (
+        "LlamaModel.detokenize",
+        "LlamaModel.add_bos_token",
+        "LlamaModel.n_ctx_train",
+        "LlamaModel.n_params",
+        "LlamaModel.size",
+        "LlamaContext.kv_cache_seq_rm",
+    ),
+    "llama_cpp._logger": ("llama_log_callback",),
+    "llama_cpp.llama_chat_format": ("Jinja2ChatFormatter", "Jinja2ChatFormatter.IgnoreGenerationTags"),
+    "llama_cpp.llama_grammar": (
+        "LlamaGrammar.from_string",
+        "JSON_GBNF",
+        "SchemaConverter",
+        "SchemaConverter._add_rule",
+        "SchemaConverter._add_primitive",
+        "SchemaConverter.format_grammar",
+        "PRIMITIVE_RULES",
+        "RESERVED_NAMES",
+        "STRING_FORMAT_RULES",
+        "_build_repetition",
+    ),
+}
+_MODEL_ATTRIBUTES = ("_model", "_ctx", "n_tokens", "input_ids", "_requires_eval", "metadata")
+
+
+# --- compatibility -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """What :func:`check` found: the installed release and what of zoe-edge's needs it lacks."""
+
+    version: str | None  # None: not installed
+    in_range: bool
+    missing: tuple[str, ...]  # "module.attribute", or a module that did not import
+    import_error: str | None = None
+    supported: str = SUPPORTED
+
+    @property
+    def ok(self) -> bool:
+        return self.version is not None and self.in_range and not self.missing and self.import_error is None
+
+    @property
+    def message(self) -> str:
+        """One line for a log or a terminal."""
+        if self.version is None:
+            how = f"does not import ({self.import_error})" if self.import_error else "is not installed"
+            return f"{DISTRIBUTION} {how}; zoe-edge needs {self.supported}"
+        if self.ok:
+            return f"{DISTRIBUTION} {self.version} is supported ({self.supported})"
+        why = []
+        if not self.in_range:
+            why.append("outside the supported range")
+        if self.import_error is not None:
+            why.append(f"import failed: {self.import_error}")
+        if self.missing:
+            why.append("missing " + ", ".join(self.missing))
+        return f"{DISTRIBUTION} {self.version} is not supported (zoe-edge needs {self.supported}): {'; '.join(why)}"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """The leading release numbers of a version string ("0.3.8.post1" -> (0, 3, 8))."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
+
+
+def in_supported_range(version: str) -> bool:
+    parsed = version_tuple(version)
+    return bool(parsed) and _LOWEST <= parsed < _BELOW
+
+
+def _lookup(module: Any, dotted: str) -> bool:
+    target = module
+    for part in dotted.split("."):
+        try:
+            target = getattr(target, part)
+        except Exception:  # a property or lazy attribute may raise anything
+            return False
+    return True
+
+
+def check() -> Compatibility:
+    """The installed llama-cpp-python against :data:`SUPPORTED` and :data:`REQUIRED` (imports it)."""
+    try:
+        version: str | None = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = None
+    missing: list[str] = []
+    error: str | None = None
+    for name, attributes in REQUIRED.items():
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # ImportError, or OSError when libllama itself will not load
+            missing.append(name)
+            error = error or f"{type(exc).__name__}: {exc}"
+            continue
+        if name == "llama_cpp" and version is None:
+            # a source checkout on sys.path has no distribution metadata, only its __version__
+            version = getattr(module, "__version__", None)
+        missing += [f"{name}.{a}" for a in attributes if not _lookup(module, a)]
+    return Compatibility(version, version is not None and in_supported_range(version), tuple(missing), error)
+
+
+def supports_gpu_offload() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+# --- upstream pieces used as they are ------------------------------------------------------------
+
+_GRAMMAR_NAMES = {
+    "PRIMITIVE_RULES": "PRIMITIVE_RULES",
+    "RESERVED_NAMES": "RESERVED_NAMES",
+    "STRING_FORMAT_RULES": "STRING_FORMAT_RULES",
+    "SchemaConverter": "SchemaConverter",
+    "build_repetition": "_build_repetition",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The JSON-schema converter pieces of ``llama_cpp.llama_grammar``, imported on first use.
+
+    Our GBNF converter subclasses upstream's at import time; resolving the names here keeps this
+    module importable (for :func:`check`) when llama-cpp-python is missing or broken.
+    """
+    upstream = _GRAMMAR_NAMES.get(name)
+    if upstream is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from llama_cpp import llama_grammar
+
+    return getattr(llama_grammar, upstream)
+
+
+def json_gbnf() -> str:
+    """Upstream's grammar for any JSON value (``response_format: json_object``)."""
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    return JSON_GBNF
+
+
+def chat_formatter(template: str, eos_token: str, bos_token: str) -> Any:
+    """llama-cpp-python's Jinja chat formatter: renders ``messages=`` into prompt and stop strings."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
+
+
+def generation_tags_extension() -> Any:
+    """The jinja extension upstream's formatter adds so that ``{% generation %}`` tags parse."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter.IgnoreGenerationTags
+
+
+class LlamaLog:
+    """Keeps llama.cpp's recent warnings and errors, which ``verbose=False`` would send to /dev/null.
+
+    A failed load then says *why* ("unknown model architecture: ...") instead of llama-cpp-python's
+    generic "Failed to load model from file".
+    """
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self.lines: collections.deque[str] = collections.deque(maxlen=20)
+        self._keep = False
+
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+        def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+            # ggml_log_level: 3 = warn, 4 = error, 5 = continuation of the previous line
+            self._keep = level in (3, 4) or (level == 5 and self._keep)
+            if self._keep:
+                line = text.decode("utf-8", errors="replace").strip()
+                if line:
+                    self.lines.append(line)
+
+        self._callback = callback  # a ctypes callback must outlive its registration
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+    def detach(self) -> None:
+        """Hand logging back to llama-cpp-python's own callback (ours is about to go away)."""
+        import llama_cpp
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+    def recent(self, n: int = 3) -> str:
+        return " | ".join(list(self.lines)[-n:])
+
+
+# --- one loaded model -----------------------------------------------------------------------------
+
+KVCacheType = Literal["f16", "q8_0", "q4_0"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Arguments of ``Llama.generate``; the defaults are its own, for a knob nobody set."""
+
+    temp: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+
+SAMPLING_DEFAULTS = SamplingParams()
+
+
+class Model:
+    """One ``llama_cpp.Llama``: the calls the engine and the prefix cache make, and nothing more."""
+
+    def __init__(self, llm: llama_cpp.Llama) -> None:
+        import llama_cpp
+
+        lacking = [a for a in _MODEL_ATTRIBUTES if not hasattr(llm, a)]
+        if not lacking and not hasattr(llm._model, "vocab"):
+            lacking.append("_model.vocab")
+        if lacking:
+            llm.close()
+            raise RuntimeError(
+                f"{DISTRIBUTION} {getattr(llama_cpp, '__version__', '?')}: a loaded Llama lacks {', '.join(lacking)}"
+            )
+        self._llm = llm
+        self._vocab = llm._model.vocab
+        # bound once: the decoding loop calls these for every token
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._detokenize = llm._model.detokenize
+        self._abort_check: Callable[[], bool] | None = None
+
+        @llama_cpp.ggml_abort_callback  # type: ignore[untyped-decorator]
+        def abort(_data: Any) -> bool:
+            check = self._abort_check
+            return bool(check is not None and check())
+
+        self._abort_callback = abort  # a ctypes callback must outlive its registration
+
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_threads: int,
+        n_gpu_layers: int,
+        kv_cache_type: KVCacheType,
+    ) -> Model:
+        import llama_cpp  # imported here so the daemon process never loads libllama
+
+        kv_type = {"f16": None, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}[kv_cache_type]
+        llm = llama_cpp.Llama(
+            model_path=path,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            type_k=kv_type,
+            type_v=kv_type,
+            # llama.cpp can only quantise the V cache with flash attention on
+            flash_attn=kv_type is not None,
+            verbose=False,
+        )
+        return cls(llm)
+
+    def close(self) -> None:
+        self.set_abort(None)
+        self._llm.close()
+
+    # --- the model -------------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._llm.metadata)
+
+    def n_ctx(self) -> int:
+        return int(self._llm.n_ctx())
+
+    def n_ctx_train(self) -> int:
+        return int(self._llm._model.n_ctx_train())
+
+    def n_params(self) -> int:
+        return int(self._llm._model.n_params())
+
+    def size_bytes(self) -> int:
+        return int(self._llm._model.size())
+
+    def token_bos(self) -> int:
+        return int(self._llm.token_bos())
+
+    def token_eos(self) -> int:
+        return int(self._llm.token_eos())
+
+    def add_bos_token(self) -> bool:
+        return bool(self._llm._model.add_bos_token())
+
+    def tokenize(self, text: bytes, *, add_bos: bool, special: bool) -> list[int]:
+        return self._llm.tokenize(text, add_bos=add_bos, special=special)
+
+    def token_bytes(self, token: int, *, special: bool) -> bytes:
+        return self._detokenize([token], special=special)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._is_eog(self._vocab, token))
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def compile_grammar(self, gbnf: str) -> LlamaGrammar | None:
+        """The grammar, or ``None`` when llama.cpp rejects it (it would reach the sampler as NULL)."""
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        probe = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+        if not probe:
+            return None
+        llama_cpp.llama_sampler_free(probe)
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def set_seed(self, seed: int | None) -> None:
+        """``None``: llama.cpp's own default seed."""
+        import llama_cpp
+
+        self._llm.set_seed(seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+
+    def generate(self, tokens: Sequence[int], params: SamplingParams, grammar: LlamaGrammar | None) -> Iterator[int]:
+        """Tokens sampled after ``tokens``, reusing the KV prefix they share with the cache."""
+        return self._llm.generate(
+            tokens,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            temp=params.temp,
+            repeat_penalty=params.repeat_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            grammar=grammar,
+        )
+
+    def set_abort(self, check: Callable[[], bool] | None) -> None:
+        """Let ``check`` stop llama.cpp between graph nodes (``None``: never)."""
+        import llama_cpp
+
+        self._abort_check = check
+        callback = self._abort_callback if check is not None else llama_cpp.ggml_abort_callback()
+        llama_cpp.llama_set_abort_callback(self._llm.ctx, callback, None)
+
+    # --- the KV cache of sequence 0 --------------------------------------------------------------
+
+    def cached_tokens(self) -> list[int]:
+        """The tokens the KV cache holds, in order (what ``generate`` compares a prompt with)."""
+        return list(self._llm._input_ids.tolist())
+
+    def kv_remove_from(self, position: int) -> None:
+        """Drop the KV cells from ``position`` on, in every sequence."""
+        self._llm._ctx.kv_cache_seq_rm(-1, position, -1)
+
+    def forget_tokens(self) -> None:
+        """``generate`` will treat the cache as empty (after the cells were removed)."""
+        self._llm.n_tokens = 0
+
+    def adopt_tokens(self, tokens: Sequence[int]) -> None:
+        """The KV cells now hold ``tokens`` (a restored snapshot); their logits are stale."""
+        n = len(tokens)
+        self._llm.input_ids[:n] = tokens
+        self._llm.n_tokens = n
+        self._llm._requires_eval = True  # generate re-evaluates at least one token
+
+    def seq_state_size(self) -> int:
+        import llama_cpp
+
+        return int(llama_cpp.llama_state_seq_get_size(self._llm.ctx, 0))
+
+    def seq_state_save(self, size: int) -> tuple[ctypes.Array[ctypes.c_uint8], int]:
+        """A copy of sequence 0's KV cells in a new buffer of ``size`` bytes, and the bytes written."""
+        import llama_cpp
+
+        data = (ctypes.c_uint8 * size)()
+        return data, int(llama_cpp.llama_state_seq_get_data(self._llm.ctx, data, size, 0))
+
+    def seq_state_load(self, data: ctypes.Array[ctypes.c_uint8], size: int) -> int:
+        """Put a :meth:`seq_state_save` copy back into sequence 0; the bytes read (``size`` when it worked)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_state_seq_set_data(self._llm.ctx, data, size, 0))
