@@ -1,0 +1,356 @@
+"""The real Supervisor (admission, scheduler loop, loads, swaps, retries) driven by in-process fake workers.
+
+The fakes implement the worker client's interface for real (start, load, stream, die, stop) with
+no model and no subprocess; the GGUF header the planner reads is the SmolLM2 file's, which costs
+a header read, never a load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import yaml
+
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Message, TextDelta, Timings, Usage
+from zoe_edge.config import Settings
+from zoe_edge.errors import Failure, ModelLoadFailed, ServiceUnavailable, WorkerFailed
+from zoe_edge.registry import load_registry
+from zoe_edge.supervisor import InvalidTransition, SlotState, Supervisor
+from zoe_edge.supervisor.state import TRANSITIONS, SlotMachine
+from zoe_edge.supervisor.workers import WorkerClient
+from zoe_edge.worker.protocol import LoadSpec, ModelInfo
+
+_pids = itertools.count(900_001)
+
+STATUS_KEYS = {"profile", "memory", "slot", "queue", "swaps", "failures", "models", "last_error"}
+SLOT_KEYS = {
+    "state",
+    "model",
+    "since",
+    "pid",
+    "worker_rss_mb",
+    "info",
+    "n_ctx",
+    "context",
+    "plan",
+    "busy_with",
+    "idle_unload_in_s",
+    "spare_worker",
+    "prefix_cache",
+}
+SWAP_KEYS = {"at", "from", "to", "duration_ms", "llama_load_ms", "gpu_layers", "n_ctx", "resize", "reason"}
+
+
+@dataclass
+class World:
+    """What the fake workers share: the test's knobs and a record of every worker made."""
+
+    workers: list[FakeWorker] = field(default_factory=list)
+    # generations (counted over all workers) whose worker dies before sending anything
+    deaths_before_first_token: int = 0
+    # models whose load fails as a bad file's would
+    broken: set[str] = field(default_factory=set)
+    # while set, a generation holds the slot after its first token until the test clears it
+    hold: asyncio.Event | None = None
+    tokens: tuple[str, ...] = ("Hello", " there")
+
+    def factory(self, label: str) -> WorkerClient:
+        worker = FakeWorker(self, label)
+        self.workers.append(worker)
+        return worker
+
+    def loaded(self) -> list[str]:
+        return [w.spec.name for w in self.workers if w.spec is not None]
+
+
+class FakeWorker:
+    """A worker that lives in this process: the same contract as WorkerProcess, the same failure shapes."""
+
+    def __init__(self, world: World, label: str) -> None:
+        self.world = world
+        self.label = label
+        self._pid: int | None = None
+        self._returncode: int | None = None
+        self.spec: LoadSpec | None = None
+        self.generations = 0
+        self._prefix_cache: dict[str, Any] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def alive(self) -> bool:
+        return self._pid is not None and self._returncode is None
+
+    @property
+    def prefix_cache(self) -> dict[str, Any] | None:
+        return self._prefix_cache
+
+    async def start(self, timeout: float = 60.0) -> None:
+        if self._pid is not None:
+            raise WorkerFailed(f"{self.label} was started twice")
+        self._pid = next(_pids)
+        await asyncio.sleep(0)
+
+    async def load(self, spec: LoadSpec, timeout: float) -> ModelInfo:
+        if not self.alive:
+            raise ModelLoadFailed(f"model {spec.name!r} failed to load: {self.label} is not running")
+        if self.spec is not None:
+            raise ModelLoadFailed(f"{self.label} already holds {self.spec.name!r}; a worker loads once")
+        await asyncio.sleep(0.01)
+        if spec.name in self.world.broken:
+            raise ModelLoadFailed(f"model {spec.name!r} failed to load from {spec.path}: not a model")
+        self.spec = spec
+        assert self._pid is not None
+        return ModelInfo(
+            name=spec.name,
+            n_ctx=spec.n_ctx,
+            n_ctx_train=8192,
+            n_params=134_515_008,
+            size_bytes=1,
+            n_gpu_layers=spec.n_gpu_layers,
+            chat_template_source="gguf",
+            load_ms=10.0,
+            pid=self._pid,
+        )
+
+    async def generate(
+        self, req: GenerationRequest, stall_timeout: float, coalesce_ms: float = 0.0
+    ) -> AsyncGenerator[Event, None]:
+        if not self.alive or self.spec is None:
+            yield ErrorEvent("the model worker is not reachable: no socket", "worker_crashed", 503)
+            return
+        self.generations += 1
+        if self.world.deaths_before_first_token > 0:
+            self.world.deaths_before_first_token -= 1
+            self._returncode = -9  # as SIGKILL leaves it
+            yield ErrorEvent("the model worker was killed by SIGKILL during generation", "worker_crashed", 503)
+            return
+        for i, text in enumerate(self.world.tokens):
+            yield TextDelta(text)
+            if i == 0 and self.world.hold is not None:
+                await self.world.hold.wait()
+        self._prefix_cache = {"entries": 0}
+        yield Finish("stop", Usage(prompt_tokens=3, completion_tokens=len(self.world.tokens)), Timings(1.0, 2.0))
+
+    async def exit_status(self, wait: float) -> int | None:
+        return self._returncode
+
+    async def kill(self) -> None:
+        if self.alive:
+            self._returncode = -9
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.alive:
+            self._returncode = -15
+
+
+def request(model: str) -> GenerationRequest:
+    return GenerationRequest(model=model, messages=[Message(role="user", content="hi")], max_tokens=4)
+
+
+async def collect(sup: Supervisor, model: str, deadline: float | None = None) -> list[Event]:
+    async with contextlib.aclosing(sup.generate(model, request(model), deadline)) as events:
+        return [event async for event in events]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition did not come true")
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+class MakeSupervisor(Protocol):
+    def __call__(self, **admission: object) -> Supervisor: ...
+
+
+@pytest.fixture
+async def make_supervisor(tmp_path: Path, smollm_gguf: Path, world: World) -> AsyncIterator[MakeSupervisor]:
+    """Supervisors over models ``a`` and ``b`` (both the SmolLM2 header) with fake workers; closed at the end."""
+    made: list[Supervisor] = []
+
+    def make(**admission: object) -> Supervisor:
+        entry = {"file": str(smollm_gguf), "n_ctx": 2048, "n_threads": 2, "ttl": "10m"}
+        data = {
+            "default": "a",
+            "models": {"a": dict(entry), "b": dict(entry)},
+            # no spare: each test counts the workers it caused
+            "admission": {"spare_worker": False, "min_residency": "0s", **admission},
+        }
+        path = tmp_path / "models.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        # a simulated board: its memory does not move under the test
+        settings = Settings(state_dir=tmp_path / "state", profile="orin-nano-8gb", preload=False)
+        sup = Supervisor(load_registry(path), tmp_path, settings, worker_factory=world.factory)
+        made.append(sup)
+        return sup
+
+    yield make
+    for sup in made:
+        await asyncio.wait_for(sup.close(), 10)
+
+
+@pytest.fixture
+async def supervisor(make_supervisor: MakeSupervisor) -> Supervisor:
+    sup = make_supervisor()
+    await sup.start()
+    return sup
+
+
+async def test_load_makes_the_slot_ready(supervisor: Supervisor, world: World) -> None:
+    plan = await supervisor.load("a")
+    assert plan.fits
+    assert supervisor.state is SlotState.READY and supervisor.loaded == "a"
+    status = supervisor.status()
+    assert set(status) == STATUS_KEYS and set(status["slot"]) == SLOT_KEYS
+    assert status["slot"]["state"] == "ready" and status["slot"]["pid"] == world.workers[0].pid
+    assert status["slot"]["info"]["name"] == "a" and status["slot"]["n_ctx"] == 2048
+    assert [(t.before, t.after) for t in supervisor.loader.machine.history] == [
+        (SlotState.UNLOADED, SlotState.LOADING),
+        (SlotState.LOADING, SlotState.READY),
+        (SlotState.READY, SlotState.BUSY),  # load() holds the slot for a moment like any request
+        (SlotState.BUSY, SlotState.READY),
+    ]
+
+
+async def test_generate_streams_and_releases(supervisor: Supervisor) -> None:
+    events = await collect(supervisor, "a")
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hello", " there"]
+    assert isinstance(events[-1], Finish)
+    assert supervisor.state is SlotState.READY
+    assert supervisor.status()["models"]["a"]["requests"] == 1
+    assert supervisor.status()["slot"]["prefix_cache"] == {"entries": 0}
+    assert supervisor.last_tokens_per_s is not None
+
+
+async def test_swap_produces_a_swap_record(supervisor: Supervisor, world: World) -> None:
+    heard: list[dict[str, Any]] = []
+    supervisor.swap_listeners.append(heard.append)
+    await collect(supervisor, "a")
+    first = world.workers[0]
+    events = await collect(supervisor, "b")
+    assert isinstance(events[-1], Finish)
+    assert supervisor.loaded == "b" and not first.alive  # the old worker went, its memory with it
+    assert world.loaded() == ["a", "b"]
+    swaps = supervisor.status()["swaps"]
+    assert [(s["from"], s["to"], s["resize"]) for s in swaps] == [(None, "a", False), ("a", "b", False)]
+    assert all(set(s) == SWAP_KEYS for s in swaps)
+    assert heard == swaps == supervisor.swaps
+    assert supervisor.swap_records[-1].previous == "a" and supervisor.swap_records[-1].model == "b"
+    steps = [(t.before, t.after) for t in supervisor.loader.machine.history]
+    assert (SlotState.READY, SlotState.UNLOADING) in steps and (SlotState.UNLOADING, SlotState.UNLOADED) in steps
+
+
+async def test_worker_that_dies_before_the_first_token_is_retried_once(supervisor: Supervisor, world: World) -> None:
+    await supervisor.load("a")
+    world.deaths_before_first_token = 1
+    events = await collect(supervisor, "a")
+    assert not any(isinstance(e, ErrorEvent) for e in events)
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hello", " there"]
+    assert len(world.workers) == 2 and not world.workers[0].alive and world.workers[1].alive
+    assert supervisor.status()["slot"]["pid"] == world.workers[1].pid
+    assert len(supervisor.stats["a"].crashes) == 1  # the crash counts towards the crash-loop limit
+    assert supervisor.last_error is not None and "SIGKILL" in supervisor.last_error
+
+
+async def test_a_second_death_is_reported(supervisor: Supervisor, world: World) -> None:
+    world.deaths_before_first_token = 2
+    events = await collect(supervisor, "a")
+    assert len(events) == 1 and isinstance(events[0], ErrorEvent)
+    assert events[0].kind is Failure.WORKER_CRASHED
+    assert len(supervisor.stats["a"].crashes) == 2
+
+
+async def test_busy_when_the_slot_is_taken_and_the_deadline_short(
+    make_supervisor: MakeSupervisor, world: World
+) -> None:
+    sup = make_supervisor(max_queue=1)
+    await sup.start()
+    world.hold = asyncio.Event()
+    stream = sup.generate("a", request("a"))
+    try:
+        first = await stream.__anext__()  # the slot is now held, mid-stream
+        assert isinstance(first, TextDelta) and sup.state is SlotState.BUSY
+        with pytest.raises(ServiceUnavailable) as busy:
+            await collect(sup, "a", deadline=0.5)  # nothing measured yet: a turn is taken to last 5 s
+        assert busy.value.kind is Failure.BUSY and (busy.value.retry_after or 0) > 0.5
+        queued = asyncio.create_task(collect(sup, "a", deadline=60))
+        await until(lambda: bool(sup.queue.waiting))
+        with pytest.raises(ServiceUnavailable) as full:
+            await collect(sup, "a", deadline=60)
+        assert full.value.kind is Failure.QUEUE_FULL
+        assert sup.status()["queue"] == {"length": 1, "by_model": {"a": 1}}
+        world.hold.set()
+        rest = [event async for event in stream]
+        assert isinstance(rest[-1], Finish)
+        assert isinstance((await asyncio.wait_for(queued, 5))[-1], Finish)
+    finally:
+        world.hold.set()
+        await stream.aclose()
+
+
+async def test_a_failed_load_backs_off_with_its_kind(supervisor: Supervisor, world: World) -> None:
+    world.broken.add("b")
+    with pytest.raises(ModelLoadFailed) as failed:
+        await collect(supervisor, "b")
+    assert failed.value.kind is Failure.MODEL_LOAD_FAILED
+    assert supervisor.state is SlotState.FAILED and supervisor.model == "b"
+    assert supervisor.status()["failures"]["b"]["count"] == 1
+    with pytest.raises(ModelLoadFailed) as again:  # inside the back-off: refused at admission, no new worker
+        await collect(supervisor, "b")
+    assert again.value.kind is Failure.MODEL_LOAD_FAILED and len(world.workers) == 1
+    events = await collect(supervisor, "a")  # another model loads from the failed slot
+    assert isinstance(events[-1], Finish) and supervisor.status()["slot"]["state"] == "ready"
+
+
+async def test_unload_empties_the_slot(supervisor: Supervisor, world: World) -> None:
+    await supervisor.load("a")
+    assert await supervisor.unload() == "a"
+    assert supervisor.state is SlotState.UNLOADED and supervisor.loaded is None
+    assert not world.workers[0].alive
+
+
+async def test_close_refuses_with_shutting_down(supervisor: Supervisor) -> None:
+    await supervisor.close()
+    with pytest.raises(ServiceUnavailable) as refused:
+        await collect(supervisor, "a")
+    assert refused.value.kind is Failure.SHUTTING_DOWN
+
+
+async def test_an_invalid_transition_on_the_slot_raises(supervisor: Supervisor) -> None:
+    with pytest.raises(InvalidTransition, match="unloaded -> busy is not allowed"):
+        supervisor.loader.machine.move(SlotState.BUSY, "a test serving from an empty slot")
+    assert supervisor.state is SlotState.UNLOADED  # a refused transition changes nothing
+
+
+def test_the_transition_table() -> None:
+    machine = SlotMachine()
+    since = machine.since
+    machine.move(SlotState.LOADING, "load", model="a")
+    assert machine.model == "a" and machine.since >= since
+    with pytest.raises(InvalidTransition) as caught:
+        machine.move(SlotState.BUSY, "serve before the load finished")
+    assert caught.value.current is SlotState.LOADING and caught.value.target is SlotState.BUSY
+    assert "internal error" in str(caught.value)
+    machine.move(SlotState.READY, "loaded")
+    machine.move(SlotState.BUSY, "serve")
+    machine.move(SlotState.READY, "done")
+    assert machine.history[-1].before is SlotState.BUSY and machine.history[-1].why == "done"
+    assert set(TRANSITIONS) == set(SlotState)  # every state says where it may go
+    # only a failure may repeat itself (it restarts the back-off); no other state is entered from itself
+    assert [s for s in SlotState if s in TRANSITIONS[s]] == [SlotState.FAILED]
