@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from tests.telemetry.helpers import THROTTLED, lines
 from zoe_edge.api import telemetry
-from zoe_edge.api.common import RECENT_REQUESTS, SETTINGS
+from zoe_edge.api.common import RECENT_REQUESTS, SETTINGS, context
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.config import Settings
 from zoe_edge.telemetry.probe import Source
@@ -44,8 +44,9 @@ class Cycling(Source):
 
 async def generation(request: web.Request) -> web.Response:
     """Stands in for a front that went through the router."""
-    request["zoe_model"] = "cloud:openai/gpt-4o-mini"
-    request["zoe_route"] = {"x-zoe-route": "alias zoe-chat", "x-zoe-fallback-reason": "smollm2-135m: too hot"}
+    ctx = context(request)
+    ctx.served_by = "cloud:openai/gpt-4o-mini"
+    ctx.route_headers = {"x-zoe-route": "alias zoe-chat", "x-zoe-fallback-reason": "smollm2-135m: too hot"}
     return web.json_response({"ok": True})
 
 

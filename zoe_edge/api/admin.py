@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import CACHE, KEYS, OBSERVER, REGISTRY, SUPERVISOR, fit_map, resolve
+from zoe_edge.api.common import CACHE, GATEWAY, KEYS, OBSERVER, REGISTRY, SUPERVISOR, context
 from zoe_edge.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from zoe_edge.routing.names import registry_name
 from zoe_edge.routing.routes import has_selection, route_selections
 from zoe_edge.usage import query
 
 
-async def _registry_model(request: web.Request) -> str:
-    """The local model the path's name stands for: the one resolver, under the admin key's own rules."""
+@contextlib.contextmanager
+def _known(request: web.Request) -> Iterator[str]:
+    """The path's model name; an unknown one is a 404 that lists the registry's names."""
     name = request.match_info["name"]
     registry = request.app[REGISTRY]
     try:
-        resolved, _ = await resolve(request, name)
+        yield name
     except ModelNotFound:
         if registry_name(registry, name) in registry.names():
             raise
         available = ", ".join(registry.names())
         raise ModelNotFound(f"{name!r} is not in the registry. Available: {available}", param="name") from None
-    if resolved.model is None:
-        raise InvalidRequest(f"{resolved.name!r} has only cloud targets: no local model to (un)load", param="name")
-    return resolved.model
 
 
 async def status(request: web.Request) -> web.Response:
@@ -49,7 +49,7 @@ async def status(request: web.Request) -> web.Response:
     }
     selecting = {name: route for name, route in registry.routes.items() if has_selection(registry, name)}
     if selecting:
-        fits, sizes = await fit_map(request.app[SUPERVISOR])
+        fits, sizes = await request.app[GATEWAY].fit_map()
         body["selections"] = {
             name: [asdict(s) for s in route_selections(registry, route, fits, sizes)]
             for name, route in selecting.items()
@@ -104,18 +104,16 @@ async def usage(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
-    model = await _registry_model(request)
-    plan = await request.app[SUPERVISOR].load(model)
-    return web.json_response({"loaded": model, "plan": plan.as_dict()})
+    with _known(request) as name:
+        model = await request.app[GATEWAY].load(context(request), name, require_local=True)
+    plan = request.app[SUPERVISOR].plan
+    return web.json_response({"loaded": model, "plan": plan.as_dict() if plan else None})
 
 
 async def unload(request: web.Request) -> web.Response:
-    model = await _registry_model(request)
-    supervisor = request.app[SUPERVISOR]
-    if supervisor.loaded != model:
-        return web.json_response({"unloaded": None, "loaded": supervisor.loaded})
-    was = await supervisor.unload()
-    return web.json_response({"unloaded": was, "loaded": supervisor.loaded})
+    with _known(request) as name:
+        was = await request.app[GATEWAY].unload(context(request), name, require_local=True)
+    return web.json_response({"unloaded": was, "loaded": request.app[SUPERVISOR].loaded})
 
 
 def add_routes(app: web.Application) -> None:

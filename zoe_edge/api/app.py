@@ -20,7 +20,7 @@ from zoe_edge.access.budget import SpendBook, day_start
 from zoe_edge.access.keys import KeyTable
 from zoe_edge.access.limits import Limiter
 from zoe_edge.api import admin, ollama, openai, telemetry
-from zoe_edge.api.common import CACHE, DISPATCHER, KEYS, OBSERVER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
+from zoe_edge.api.common import CACHE, DISPATCHER, GATEWAY, KEYS, OBSERVER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import (
     DRAIN,
     Drain,
@@ -36,6 +36,7 @@ from zoe_edge.providers import make_provider
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.sdnotify import Notifier
+from zoe_edge.service import Gateway
 from zoe_edge.supervisor import SlotState, Supervisor
 from zoe_edge.telemetry.policy import ThermalLimits
 from zoe_edge.telemetry.sampler import Sampler
@@ -108,6 +109,7 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     upstreams = {name: make_provider(name, config) for name, config in registry.providers.items()}
     app[DISPATCHER] = Dispatcher(registry, app[SUPERVISOR], upstreams)
     app[CACHE] = ResponseCache.from_registry(registry)
+    app[GATEWAY] = Gateway(registry, app[SUPERVISOR], app[DISPATCHER], app[CACHE], observer)
     for name, upstream in upstreams.items():
         if (why := upstream.disabled_reason()) is not None:
             log.info("provider %s is disabled: %s", name, why)

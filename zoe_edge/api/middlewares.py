@@ -16,7 +16,7 @@ from aiohttp import web
 
 from zoe_edge.access.keys import ClientKey, KeyTable
 from zoe_edge.api import ollama, openai, telemetry
-from zoe_edge.api.common import KEYS, OBSERVER, SETTINGS
+from zoe_edge.api.common import CONTEXT, KEYS, OBSERVER, SETTINGS, context
 from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
     Forbidden,
@@ -27,6 +27,7 @@ from zoe_edge.errors import (
     Unauthorized,
     ZoeError,
 )
+from zoe_edge.service import RequestContext
 from zoe_edge.usage.observer import CLIENT_CLOSED
 from zoe_edge.usage.record import GENERATION_PATHS
 
@@ -64,20 +65,20 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Request id, error rendering and the access log line, outermost so it sees every outcome."""
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request["request_id"] = request_id
-    started = time.perf_counter()
+    ctx = request[CONTEXT] = RequestContext(request_id)
+    started = ctx.started
     # generation requests get a usage record (ledger row + metrics), failed ones included
     rec = None
     observer = request.app.get(OBSERVER)
     if observer is not None and request.method == "POST" and request.path in GENERATION_PATHS:
-        rec = request["zoe_usage"] = observer.start(request_id, request.path)
+        rec = ctx.usage = observer.start(request_id, request.path)
     try:
         response = await handler(request)
     except asyncio.CancelledError:
         if observer is not None and rec is not None:
             rec.status = rec.status or CLIENT_CLOSED
             rec.error = rec.error or "client went away"
-            observer.finish_nowait(rec, request.get("zoe_cache"))
+            observer.finish_nowait(rec, ctx.cache)
         log.info(
             "%s %s: client went away after %.1fms; request cancelled id=%s",
             request.method,
@@ -100,10 +101,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     if observer is not None and rec is not None and not rec.done:
         # a prepared stream whose record is still open ended before its last event: the client left
         rec.status = CLIENT_CLOSED if response.prepared and response.status == 200 else response.status
-        if isinstance(exc_seen := request.get("zoe_error"), str):
-            rec.error = exc_seen
+        if ctx.error is not None:
+            rec.error = ctx.error
         # committed before the response leaves: an answered request is in the ledger
-        await observer.finish(rec, request.get("zoe_cache"))
+        await observer.finish(rec, ctx.cache)
     telemetry.record_request(request, response.status, started)
     log.info(
         "%s %s %d %.1fms id=%s model=%s",
@@ -112,7 +113,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response.status,
         (time.perf_counter() - started) * 1000,
         request_id,
-        request.get("zoe_model", "-"),
+        ctx.served_by or "-",
     )
     return response
 
@@ -124,16 +125,15 @@ def _render_error(request: web.Request, exc: ZoeError) -> web.Response:
     else:
         response = openai.error_response(exc)
     # where the request was routed, when it got that far (x-zoe-route, x-zoe-served-by)
-    route = request.get("zoe_route")
-    if isinstance(route, dict):
-        response.headers.update(route)
+    response.headers.update(context(request).route_headers)
     if isinstance(exc, MethodNotAllowed):
         response.headers["Allow"] = ", ".join(exc.allowed)
     return response
 
 
 def _log_error(request: web.Request, exc: ZoeError) -> None:
-    request["zoe_error"] = exc.message[:500]
+    ctx = context(request)
+    ctx.error = exc.message[:500]
     level = logging.ERROR if exc.status >= 500 else logging.WARNING
     log.log(
         level,
@@ -143,7 +143,7 @@ def _log_error(request: web.Request, exc: ZoeError) -> None:
         exc.status,
         exc.code or exc.type,
         exc.message,
-        request["request_id"],
+        ctx.request_id,
     )
 
 
@@ -176,10 +176,7 @@ def _identify(request: web.Request, what: str, basic: bool = False) -> ClientKey
     key = _keys(request.app).lookup(_presented(request, what, basic))
     if key is None:
         raise Unauthorized(f"invalid {what}")
-    request["zoe_key"] = key
-    rec = request.get("zoe_usage")
-    if rec is not None:
-        rec.key_id = key.id
+    context(request).use_key(key)
     return key
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import RECENT_REQUESTS, SAMPLER, SUPERVISOR, parse_seconds
+from zoe_edge.api.common import RECENT_REQUESTS, SAMPLER, SUPERVISOR, context, parse_seconds
 from zoe_edge.errors import ModelNotFound
 from zoe_edge.telemetry.sampler import Sampler
 
@@ -103,7 +103,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            "X-Request-Id": request["request_id"],
+            "X-Request-Id": context(request).request_id,
         }
     )
     queue = sampler.subscribe()
@@ -173,10 +173,11 @@ async def end_streams(app: web.Application) -> None:
 def record_request(request: web.Request, status: int, started: float) -> None:
     """Remember a generation request for the dashboard (called by the access-log middleware)."""
     recent: collections.deque[dict[str, Any]] | None = request.app.get(RECENT_REQUESTS)
-    served_by = request.get("zoe_model")
+    ctx = context(request)
+    served_by = ctx.served_by
     if recent is None or served_by is None:
         return
-    route: dict[str, str] = request.get("zoe_route") or {}
+    route = ctx.route_headers
     recent.append(
         {
             "at": time.time(),

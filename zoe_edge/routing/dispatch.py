@@ -19,6 +19,7 @@ from zoe_edge.registry import Registry
 from zoe_edge.routing.resolve import with_model_defaults
 from zoe_edge.routing.routes import RoutePlan, Skip, Target, effective_tool_choice, fallback_reason, thermal_skip
 from zoe_edge.supervisor import Supervisor
+from zoe_edge.supervisor.planner import ContextDecision
 
 log = logging.getLogger("zoe_edge.routing")
 
@@ -50,6 +51,7 @@ class Dispatched:
     skipped: list[Skip] = field(default_factory=list)  # one per target passed over
     cache: str | None = None  # hit | miss | bypass, from the response cache
     turn: str | None = None  # how the assist turn planner shaped a local answer, when it did
+    context: ContextDecision | None = None  # the context size the slot served a local answer at, and why
 
     def headers(self) -> dict[str, str]:
         out = {"x-zoe-route": self.plan.reason, "x-zoe-served-by": self.served_by.label}
@@ -59,6 +61,9 @@ class Dispatched:
             out["x-zoe-fallback-reason"] = self.fallback_reason() or ""
         if self.cache is not None:
             out["x-zoe-cache"] = self.cache
+        if self.context is not None:
+            out["x-zoe-context"] = str(self.context.n_ctx)
+            out["x-zoe-context-reason"] = header_text(self.context.reason)
         return out
 
     def fallback_reason(self) -> str | None:

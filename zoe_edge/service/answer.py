@@ -1,0 +1,34 @@
+"""A canonical event stream gathered into one whole answer, for fronts that do not stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from zoe_edge.canonical import ErrorEvent, Event, Finish, TextDelta, ToolCall
+from zoe_edge.errors import ZoeError
+
+
+@dataclass
+class Collected:
+    text: str
+    calls: list[ToolCall]
+    finish: Finish
+
+
+async def collect(first: Event | None, events: AsyncGenerator[Event, None]) -> Collected:
+    """The whole answer; an error event becomes the exception it stands for."""
+    parts: list[str] = []
+    calls: list[ToolCall] = []
+    event = first
+    while event is not None:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, ToolCall):
+            calls.append(event)
+        elif isinstance(event, ErrorEvent):
+            raise event.as_exception()
+        elif isinstance(event, Finish):
+            return Collected("".join(parts), calls, event)
+        event = await anext(events, None)
+    raise ZoeError("the generation ended without a result")
