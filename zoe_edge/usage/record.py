@@ -9,7 +9,16 @@ from zoe_edge.errors import Failure
 
 # the endpoints whose requests are generations (and get a ledger row even when they fail)
 GENERATION_PATHS = frozenset(
-    {"/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/api/chat", "/api/generate"}
+    {
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/v1/completions",
+        "/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/api/chat",
+        "/api/generate",
+    }
 )
 
 
