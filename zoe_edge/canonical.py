@@ -125,6 +125,9 @@ class GenerationRequest(BaseModel):
     # what the grammar is worth; no API front exposes it.
     tool_grammar: bool = True
     stream: bool = False
+    # whether the model may think before answering: None, as its template does by default; False, asked
+    # not to where the template can say so (Ollama's think, OpenAI's reasoning_effort, Anthropic's thinking)
+    think: bool | None = None
     # the context the client asks for (Ollama's options.num_ctx); None: the registry's n_ctx. The
     # supervisor's planner decides what it gets (see zoe_edge.supervisor.planner.choose_context)
     n_ctx: int | None = Field(default=None, ge=1)
@@ -201,6 +204,17 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """Thinking the model does before its answer (a ``<think>`` block, a template's reasoning channel).
+
+    Fronts that have a field for it render it apart (``reasoning_content``, ``message.thinking``,
+    reasoning items, ``thinking`` blocks); the others drop it, so it never reaches ``content``.
+    """
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCall:
     """One complete call; ``arguments`` is an object (the Ollama front sends it as is, OpenAI as a string)."""
 
@@ -233,13 +247,15 @@ class ErrorEvent:
         return Failure.of(self.code, self.status)
 
 
-Event = TextDelta | ToolCall | Finish | ErrorEvent
+Event = TextDelta | ReasoningDelta | ToolCall | Finish | ErrorEvent
 
 
 def event_to_wire(event: Event) -> dict[str, Any]:
     """Serialise an event for the worker IPC (one JSON frame per event)."""
     if isinstance(event, TextDelta):
         return {"t": "text", "text": event.text}
+    if isinstance(event, ReasoningDelta):
+        return {"t": "reasoning", "text": event.text}
     if isinstance(event, ToolCall):
         return {"t": "tool_call", "index": event.index, "id": event.id, "name": event.name, "args": event.arguments}
     if isinstance(event, Finish):
@@ -251,6 +267,8 @@ def event_from_wire(frame: dict[str, Any]) -> Event:
     kind = frame.get("t")
     if kind == "text":
         return TextDelta(str(frame["text"]))
+    if kind == "reasoning":
+        return ReasoningDelta(str(frame["text"]))
     if kind == "tool_call":
         return ToolCall(int(frame["index"]), str(frame["id"]), str(frame["name"]), dict(frame["args"]))
     if kind == "finish":

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from zoe_edge.api.common import GATEWAY, context, deadline_header, read_json
 from zoe_edge.cache.config import CacheControls
-from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, ToolCall
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, ReasoningDelta, TextDelta, ToolCall
 from zoe_edge.errors import ZoeError
 from zoe_edge.routing.dispatch import Dispatched
 from zoe_edge.service import Collected, RequestContext, Service, collect
@@ -57,6 +57,10 @@ class Answer(ABC):
 
     @abstractmethod
     def text(self, delta: TextDelta) -> list[bytes]: ...
+
+    def reasoning(self, delta: ReasoningDelta) -> list[bytes]:
+        """A front whose wire format has no place for thinking drops it: it never leaks into the answer."""
+        return []
 
     @abstractmethod
     def call(self, call: ToolCall) -> list[bytes]: ...
@@ -139,6 +143,8 @@ async def _stream(
         while event is not None:
             if isinstance(event, TextDelta):
                 frames = answer.text(event)
+            elif isinstance(event, ReasoningDelta):
+                frames = answer.reasoning(event)
             elif isinstance(event, ToolCall):
                 frames = answer.call(event)
             elif isinstance(event, Finish):
