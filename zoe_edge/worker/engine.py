@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import codecs
-import collections
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -30,53 +29,14 @@ from zoe_edge.canonical import (
     ToolCall,
     Usage,
 )
-from zoe_edge.worker import tools
+from zoe_edge.worker import llama_compat, tools
 from zoe_edge.worker.grammar import InvalidSchema, schema_grammar
+from zoe_edge.worker.llama_compat import SAMPLING_DEFAULTS, LlamaLog, Model, SamplingParams
 from zoe_edge.worker.prefix import PrefixCache
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
 from zoe_edge.worker.templates import bundled_template
 
 log = logging.getLogger("zoe_edge.worker")
-
-
-class LlamaLog:
-    """Keeps llama.cpp's recent warnings and errors, which ``verbose=False`` would send to /dev/null.
-
-    A failed load then says *why* ("unknown model architecture: ...") instead of llama-cpp-python's
-    generic "Failed to load model from file".
-    """
-
-    def __init__(self) -> None:
-        import ctypes
-
-        import llama_cpp
-
-        self._llama_cpp = llama_cpp
-        self.lines: collections.deque[str] = collections.deque(maxlen=20)
-        self._keep = False
-
-        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-        def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-            # ggml_log_level: 3 = warn, 4 = error, 5 = continuation of the previous line
-            self._keep = level in (3, 4) or (level == 5 and self._keep)
-            if self._keep:
-                line = text.decode("utf-8", errors="replace").strip()
-                if line:
-                    self.lines.append(line)
-
-        self._callback = callback  # a ctypes callback must outlive its registration
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-    def detach(self) -> None:
-        """Hand logging back to llama-cpp-python's own callback (ours is about to go away)."""
-        import ctypes
-
-        from llama_cpp import _logger
-
-        self._llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-    def recent(self, n: int = 3) -> str:
-        return " | ".join(list(self.lines)[-n:])
 
 
 class RequestRejected(Exception):
@@ -85,6 +45,20 @@ class RequestRejected(Exception):
     def __init__(self, message: str, code: str = "invalid_request") -> None:
         super().__init__(message)
         self.code = code
+
+
+def sampling_params(s: Sampling) -> SamplingParams:
+    """A request's sampling (the registry's defaults already merged in) with llama.cpp's own for the rest."""
+    d = SAMPLING_DEFAULTS
+    return SamplingParams(
+        temp=s.temperature if s.temperature is not None else d.temp,
+        top_k=s.top_k if s.top_k is not None else d.top_k,
+        top_p=s.top_p if s.top_p is not None else d.top_p,
+        min_p=s.min_p if s.min_p is not None else d.min_p,
+        repeat_penalty=s.repeat_penalty if s.repeat_penalty is not None else d.repeat_penalty,
+        frequency_penalty=s.frequency_penalty or d.frequency_penalty,
+        presence_penalty=s.presence_penalty or d.presence_penalty,
+    )
 
 
 def stop_holdback(text: str, stops: list[str]) -> int:
@@ -113,44 +87,26 @@ class Engine:
     """Owns one loaded model. Not thread-safe: the worker serves one request at a time."""
 
     def __init__(self, spec: LoadSpec, llama_log: LlamaLog | None = None) -> None:
-        import llama_cpp  # imported here so the daemon process never loads libllama
-
-        self._llama_cpp = llama_cpp
         self.spec = spec
         started = time.perf_counter()
-        kv_type = {"f16": None, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}[spec.kv_cache_type]
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=spec.path,
+            self.llm = Model.load(
+                spec.path,
                 n_ctx=spec.n_ctx,
                 n_batch=spec.n_batch,
                 n_threads=spec.n_threads,
-                n_threads_batch=spec.n_threads,
                 n_gpu_layers=spec.n_gpu_layers,
-                type_k=kv_type,
-                type_v=kv_type,
-                # llama.cpp can only quantise the V cache with flash attention on
-                flash_attn=kv_type is not None,
-                verbose=False,
+                kv_cache_type=spec.kv_cache_type,
             )
         except Exception as exc:
             detail = llama_log.recent() if llama_log else ""
             raise RuntimeError(f"{exc}{'; llama.cpp says: ' + detail if detail else ''}") from None
         self.load_ms = (time.perf_counter() - started) * 1000.0
-        self._abort_check: Callable[[], bool] | None = None
-
-        @llama_cpp.ggml_abort_callback  # type: ignore[untyped-decorator]
-        def abort(_data: Any) -> bool:
-            check = self._abort_check
-            return bool(check is not None and check())
-
-        self._abort_callback = abort  # a ctypes callback must outlive its registration
         self._llama_log = llama_log
         # free llama.cpp while our ctypes callbacks still exist: at interpreter teardown they may
         # be collected first, and llama.cpp logging through a freed callback crashes the process
         atexit.register(self.close)
         self._formatter, self.template_source, template = self._make_formatter(spec.chat_format)
-        self._vocab = self.llm._model.vocab
         self.prefix_cache = PrefixCache(self.llm, spec.prefix_cache_bytes, spec.prefix_cache_min_tokens)
         try:
             self.tool_setup = tools.resolve_setup(spec.tool_format, template)
@@ -163,20 +119,19 @@ class Engine:
         llm = getattr(self, "llm", None)
         if llm is None:
             return
-        self._set_abort(None)
         llm.close()
         del self.llm
         if self._llama_log is not None:
             self._llama_log.detach()
 
     def info(self, pid: int) -> ModelInfo:
-        model = self.llm._model
+        model = self.llm
         return ModelInfo(
             name=self.spec.name,
-            n_ctx=self.llm.n_ctx(),
+            n_ctx=model.n_ctx(),
             n_ctx_train=model.n_ctx_train(),
             n_params=model.n_params(),
-            size_bytes=model.size(),
+            size_bytes=model.size_bytes(),
             n_gpu_layers=self.spec.n_gpu_layers,
             chat_template_source=self.template_source,
             tool_format=f"{self.tool_setup.format} ({self.tool_setup.reason})",
@@ -185,8 +140,6 @@ class Engine:
         )
 
     def _make_formatter(self, chat_format: str) -> tuple[Any, str, str]:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         if chat_format == "auto":
             template = self.llm.metadata.get("tokenizer.chat_template")
             source = "gguf metadata"
@@ -199,12 +152,12 @@ class Engine:
         assert template is not None
         eos = self._token_text(self.llm.token_eos())
         bos = self._token_text(self.llm.token_bos())
-        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos), source, template
+        return llama_compat.chat_formatter(template, eos, bos), source, template
 
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return self.llm._model.detokenize([token], special=True).decode("utf-8", errors="replace")
+        return self.llm.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
     # --- prompt ------------------------------------------------------------------------------
 
@@ -219,11 +172,11 @@ class Engine:
             except Exception as exc:  # jinja raise_exception() and template errors
                 raise RequestRejected(f"the model's chat template rejected the messages: {exc}") from None
             stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-            add_bos = not rendered.added_special and self.llm._model.add_bos_token()
+            add_bos = not rendered.added_special and self.llm.add_bos_token()
             tokens = self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=add_bos, special=True)
             return tokens, [s for s in stops if s]
         text = req.prompt or ""
-        add_bos = self.llm._model.add_bos_token()
+        add_bos = self.llm.add_bos_token()
         tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
         if not tokens:
             tokens = [self.llm.token_bos()]
@@ -233,22 +186,17 @@ class Engine:
         """A grammar llama.cpp accepted; a rejected one would reach the sampler as NULL and crash it."""
         if gbnf is None:
             return None
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        probe = self._llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
-        if not probe:
+        grammar = self.llm.compile_grammar(gbnf)
+        if grammar is None:
             raise RequestRejected("llama.cpp rejected the grammar made from the JSON schema", "invalid_schema")
-        self._llama_cpp.llama_sampler_free(probe)
-        return LlamaGrammar.from_string(gbnf, verbose=False)
+        return grammar
 
     def _constraint_gbnf(self, constraint: OutputConstraint | None) -> str | None:
         """``response_format``: the same schema-to-grammar path as tool arguments."""
         if constraint is None:
             return None
-        from llama_cpp.llama_grammar import JSON_GBNF
-
         if constraint.kind == "json":
-            return JSON_GBNF
+            return llama_compat.json_gbnf()
         return self._schema_gbnf(lambda: schema_grammar(constraint.json_schema or {}))
 
     def _call_gbnf(self, req: GenerationRequest) -> str:
@@ -270,9 +218,10 @@ class Engine:
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """The KV prefix ``Llama.generate`` will reuse for these tokens (same rule as its own)."""
-        n_cached = self.llm.n_tokens
+        cached = self.llm.cached_tokens()
+        n_cached = len(cached)
         shared = 0
-        for a, b in zip(self.llm._input_ids[:n_cached], tokens, strict=False):
+        for a, b in zip(cached, tokens, strict=False):
             if a != b:
                 break
             shared += 1
@@ -307,7 +256,7 @@ class Engine:
             return
         max_tokens = min(req.max_tokens or room, room)
         s = req.sampling
-        self.llm.set_seed(s.seed if s.seed is not None else self._llama_cpp.LLAMA_DEFAULT_SEED)
+        self.llm.set_seed(s.seed)
         started = time.perf_counter()  # a snapshot save or restore counts as prompt time
         self.prefix_cache.prepare(tokens)
         self.prefix_cache.note_prompt(len(tokens))
@@ -408,11 +357,6 @@ class Engine:
             yield ToolCall(index, tools.new_call_id(), call.name, call.arguments)
         yield finish("tool_calls", run.produced, run.first_token_at)
 
-    def _set_abort(self, check: Callable[[], bool] | None) -> None:
-        self._abort_check = check
-        callback = self._abort_callback if check is not None else self._llama_cpp.ggml_abort_callback()
-        self._llama_cpp.llama_set_abort_callback(self.llm.ctx, callback, None)
-
     def _abortable(self, stream: Iterator[int], cancelled: Callable[[], bool], run: _Pass) -> Iterator[int]:
         """Tokens from ``stream``; a cancel during prompt processing aborts llama.cpp mid-batch.
 
@@ -421,7 +365,7 @@ class Engine:
         nodes, which costs a Python call each, so it is armed only until the first token: from
         then on the per-token check in the caller is enough.
         """
-        self._set_abort(cancelled)
+        self.llm.set_abort(cancelled)
         try:
             first = next(stream, None)
         except RuntimeError:
@@ -430,7 +374,7 @@ class Engine:
             run.reason = "cancelled"
             return
         finally:
-            self._set_abort(None)
+            self.llm.set_abort(None)
         if first is None:
             return
         yield first
@@ -451,35 +395,25 @@ class Engine:
         """One decoding pass: yields text as it becomes final; ``run`` says how it ended."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""  # decoded text held back because it may be the start of a stop string or trigger
-        is_eog = self._llama_cpp.llama_vocab_is_eog
-        detok = self.llm._model.detokenize
+        is_eog = self.llm.is_eog
+        detok = self.llm.token_bytes
 
-        stream = self.llm.generate(
-            tokens,
-            top_k=s.top_k if s.top_k is not None else 40,
-            top_p=s.top_p if s.top_p is not None else 0.95,
-            min_p=s.min_p if s.min_p is not None else 0.05,
-            temp=s.temperature if s.temperature is not None else 0.8,
-            repeat_penalty=s.repeat_penalty if s.repeat_penalty is not None else 1.0,
-            frequency_penalty=s.frequency_penalty or 0.0,
-            presence_penalty=s.presence_penalty or 0.0,
-            grammar=grammar,
-        )
+        stream = self.llm.generate(tokens, sampling_params(s), grammar)
         for token in self._abortable(stream, cancelled, run):
             if run.first_token_at is None:
                 run.first_token_at = time.perf_counter()
             if cancelled():
                 run.reason = "cancelled"
                 break
-            if is_eog(self._vocab, token):
+            if is_eog(token):
                 run.reason = "stop"
                 break
             run.produced += 1
-            piece = detok([token], special=False)
+            piece = detok(token, special=False)
             if not piece and keep_special:
                 # call markers can be control tokens ([TOOL_CALLS], <|python_tag|>), which plain
                 # detokenisation drops; keep those so triggers and parsers see them
-                marker = detok([token], special=True).decode("utf-8", errors="replace")
+                marker = detok(token, special=True).decode("utf-8", errors="replace")
                 if marker in keep_special:
                     piece = marker.encode("utf-8")
             pending += decoder.decode(piece)

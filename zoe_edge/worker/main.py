@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, event_to_wire
+from zoe_edge.worker import llama_compat
 from zoe_edge.worker.protocol import LoadSpec, ProtocolError, encode_frame, recv_frame
 
 log = logging.getLogger("zoe_edge.worker")
@@ -72,9 +73,7 @@ class Worker:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
         self.engine: Any = None  # zoe_edge.worker.engine.Engine once loaded
-        from zoe_edge.worker.engine import LlamaLog
-
-        self.llama_log = LlamaLog()
+        self.llama_log = llama_compat.LlamaLog()
 
     def serve(self) -> None:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -192,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
     args = parser.parse_args(argv)
+    # before anything else: a release without what we call would otherwise fail mid-request; the
+    # check also imports llama.cpp, so the first load does not pay for that on the critical path
+    compat = llama_compat.check()
+    if not compat.ok:
+        # one line: the daemon quotes the last lines of our stderr when we exit before READY
+        print(f"zoe-edge worker cannot start: {compat.message}", file=sys.stderr, flush=True)
+        return 3
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # import llama.cpp before READY so the first load does not pay for it on the critical path
-    import llama_cpp  # noqa: F401
-
     Worker(args.socket).serve()
     return 0
 

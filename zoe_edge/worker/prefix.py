@@ -24,7 +24,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zoe_edge.worker.llama_compat import Model
 
 log = logging.getLogger("zoe_edge.worker")
 
@@ -86,17 +89,14 @@ def decide(
 class Snapshot:
     tokens: tuple[int, ...]  # what the KV cells hold, in order
     prompt_len: int  # how many of them came from a prompt (the rest were generated)
-    data: Any  # ctypes uint8 array from llama_state_seq_get_data
+    data: ctypes.Array[ctypes.c_uint8]  # from Model.seq_state_save
     size: int
 
 
 class PrefixCache:
-    """Snapshots of sequence 0's KV cells for one ``Llama``; not thread-safe (one request at a time)."""
+    """Snapshots of sequence 0's KV cells for one model; not thread-safe (one request at a time)."""
 
-    def __init__(self, llm: Any, budget_bytes: int, min_tokens: int) -> None:
-        import llama_cpp
-
-        self._lib = llama_cpp
+    def __init__(self, llm: Model, budget_bytes: int, min_tokens: int) -> None:
         self.llm = llm
         self.budget_bytes = budget_bytes
         self.min_tokens = min_tokens
@@ -136,8 +136,7 @@ class PrefixCache:
         """Arrange the KV cache so that ``prompt`` finds its longest known prefix; before ``generate``."""
         if not self.enabled:
             return None
-        llm = self.llm
-        live = llm._input_ids[: llm.n_tokens].tolist()
+        live = self.llm.cached_tokens()
         decision = decide(
             live, self.live_prompt_len, prompt, {k: s.tokens for k, s in self._snapshots.items()}, self.min_tokens
         )
@@ -155,16 +154,14 @@ class PrefixCache:
 
     def _save(self, live: list[int], keep: int | None = None) -> None:
         """Snapshot the live KV; ``keep`` is the snapshot about to be restored, never evicted for this one."""
-        ctx = self.llm.ctx
         started = time.perf_counter()
-        # cells past n_tokens (left by a prompt aborted mid-batch) are not part of what we track
-        self.llm._ctx.kv_cache_seq_rm(-1, len(live), -1)
-        size = int(self._lib.llama_state_seq_get_size(ctx, 0))
+        # cells past the tracked tokens (left by a prompt aborted mid-batch) are not part of what we track
+        self.llm.kv_remove_from(len(live))
+        size = self.llm.seq_state_size()
         if not self._make_room(size, keep):
             log.info("prefix cache: no room for a %d-token snapshot (%d bytes); not kept", len(live), size)
             return
-        data = (ctypes.c_uint8 * size)()
-        written = int(self._lib.llama_state_seq_get_data(ctx, data, size, 0))
+        data, written = self.llm.seq_state_save(size)
         if written <= 0:
             self.failures += 1
             log.warning("prefix cache: llama.cpp could not copy the KV state out")
@@ -206,20 +203,18 @@ class PrefixCache:
         self._snapshots.move_to_end(key)
         llm = self.llm
         started = time.perf_counter()
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        llm.n_tokens = 0
-        read = int(self._lib.llama_state_seq_set_data(llm.ctx, snap.data, snap.size, 0))
+        llm.kv_remove_from(0)
+        llm.forget_tokens()
+        read = llm.seq_state_load(snap.data, snap.size)
         if read != snap.size:
             # the KV is in an unknown state: clear it, and the prompt is evaluated in full
-            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            llm.kv_remove_from(0)
             self.failures += 1
             del self._snapshots[key]
             log.warning("prefix cache: llama.cpp rejected a snapshot (%d of %d bytes read)", read, snap.size)
             return
         n = len(snap.tokens)
-        llm.input_ids[:n] = snap.tokens
-        llm.n_tokens = n
-        llm._requires_eval = True  # the logits are stale: generate re-evaluates at least one token
+        llm.adopt_tokens(snap.tokens)  # the logits are stale: generate re-evaluates at least one token
         self.live_prompt_len = snap.prompt_len
         self.restores += 1
         self.last_restore_ms = (time.perf_counter() - started) * 1000.0

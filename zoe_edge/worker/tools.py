@@ -62,9 +62,10 @@ def template_uses_tools(template: str) -> bool:
     """Whether a Jinja chat template reads a ``tools`` variable (and so renders tools itself)."""
     import jinja2
     import jinja2.meta
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    env = jinja2.Environment(extensions=[Jinja2ChatFormatter.IgnoreGenerationTags, "jinja2.ext.loopcontrols"])
+    from zoe_edge.worker.llama_compat import generation_tags_extension
+
+    env = jinja2.Environment(extensions=[generation_tags_extension(), "jinja2.ext.loopcontrols"])
     try:
         return "tools" in jinja2.meta.find_undeclared_variables(env.parse(template))
     except jinja2.TemplateError:
