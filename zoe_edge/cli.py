@@ -396,18 +396,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             if fix:
                 print(f"       fix: {fix}")
 
-    try:
-        import llama_cpp
+    # imports llama.cpp into this short-lived process, never the daemon's (as before llama_compat)
+    from zoe_edge.worker import llama_compat
 
-        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    compat = llama_compat.check()
+    pin = f"pip install 'llama-cpp-python{compat.supported}'"
+    if compat.version is None or (compat.import_error is not None and "llama_cpp" in compat.missing):
+        why = compat.import_error or "it is not installed"
+        check(False, f"llama-cpp-python does not import: {why}", f"run ./scripts/serve once, or {pin}")
+    elif not compat.ok:
+        check(False, compat.message, pin)
+    else:
+        try:
+            gpu = "yes" if llama_compat.supports_gpu_offload() else "no, CPU only"
+        except Exception as exc:  # the check found the symbol; calling into libllama can still fail
+            gpu = f"unknown ({exc})"
         check(
-            True, f"llama-cpp-python {llama_cpp.__version__} imports (GPU offload: {'yes' if gpu else 'no, CPU only'})"
-        )
-    except Exception as exc:
-        check(
-            False,
-            f"llama-cpp-python does not import: {exc}",
-            "run ./scripts/serve once, or pip install llama-cpp-python",
+            True, f"llama-cpp-python {compat.version} imports and is supported ({compat.supported}; GPU offload: {gpu})"
         )
 
     try:
