@@ -19,6 +19,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.fileserver import FileServer, sha256_of
 from zoe_edge.registry import parse_registry
 from zoe_edge.store import (
     DigestMismatch,
@@ -35,65 +36,10 @@ from zoe_edge.store.pull import lock_path
 from zoe_edge.supervisor.device import SIMULATED
 from zoe_edge.supervisor.planner import Budget
 
-SERVE_CHUNK = 256 * 1024
-
 
 @pytest.fixture(scope="session")
 def smollm_sha256(smollm_gguf: Path) -> str:
-    h = hashlib.sha256()
-    with smollm_gguf.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-class FileServer:
-    """Serves one file at /m.gguf, honouring ``Range`` unless told not to, and counts what it sent."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.size = path.stat().st_size
-        self.requests: list[dict[str, str]] = []
-        self.served = 0  # body bytes written, over every request
-        self.drop_at: int | None = None  # close the connection once this byte offset is reached (once)
-        self.ignore_range = False
-        self.pause: asyncio.Event | None = None  # when set, hold the body until the event is set
-        self.arrived = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(dict(request.headers))
-        self.arrived.set()
-        start, status = 0, 200
-        header = request.headers.get("Range")
-        if header and not self.ignore_range:
-            start = int(header.removeprefix("bytes=").split("-")[0])
-            status = 206
-        resp = web.StreamResponse(status=status)
-        resp.content_length = self.size - start
-        resp.content_type = "application/octet-stream"
-        if status == 206:
-            resp.headers["Content-Range"] = f"bytes {start}-{self.size - 1}/{self.size}"
-        await resp.prepare(request)
-        if self.pause is not None:
-            await self.pause.wait()
-        with self.path.open("rb") as fh:
-            fh.seek(start)
-            pos = start
-            while pos < self.size:
-                n = min(SERVE_CHUNK, self.size - pos)
-                if self.drop_at is not None and pos + n >= self.drop_at:
-                    n = self.drop_at - pos
-                    await resp.write(fh.read(n))
-                    self.served += n
-                    self.drop_at = None
-                    assert request.transport is not None
-                    request.transport.close()  # mid-body: the client sees a short payload
-                    return resp
-                await resp.write(fh.read(n))
-                self.served += n
-                pos += n
-        await resp.write_eof()
-        return resp
+    return sha256_of(smollm_gguf)
 
 
 Served = namedtuple("Served", "server url")

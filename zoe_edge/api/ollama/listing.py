@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,10 +17,13 @@ from zoe_edge import __version__
 from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR, context, read_json
 from zoe_edge.api.front import gateway
 from zoe_edge.canonical import GenerationRequest
-from zoe_edge.errors import InvalidRequest, ModelNotFound
+from zoe_edge.errors import InvalidRequest, ModelNotFound, ServiceUnavailable, ZoeError
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import Registry, model_path
 from zoe_edge.routing.names import Resolved, registry_name, resolve_name
+from zoe_edge.store import NotEnoughSpace, NotPullable, PullError, pull_model
+
+log = logging.getLogger("zoe_edge.api")
 
 # what Ollama version we answer as: recent enough for every client feature we implement
 OLLAMA_VERSION = "0.12.0"
@@ -168,8 +172,25 @@ async def show(request: web.Request) -> web.Response:
     )
 
 
+def _pull_error(exc: PullError) -> ZoeError:
+    """A pull that failed before its first line: the client's request (400) or the download (502/507)."""
+    if isinstance(exc, NotPullable):
+        return InvalidRequest(str(exc))
+    if isinstance(exc, NotEnoughSpace):
+        err: ZoeError = ServiceUnavailable(str(exc))
+        err.status = 507
+        return err
+    err = ZoeError(str(exc), code="download_failed")
+    err.status = 502
+    return err
+
+
 async def pull(request: web.Request) -> web.StreamResponse:
-    """Nothing is downloaded: a registered name answers success, anything else a clear error."""
+    """Download the file of a registry model with a ``url`` (resumed, verified), streaming Ollama's status lines.
+
+    A model whose file is present (or has no ``url``) answers success at once, as Ollama does for a model
+    it has; a name whose targets are all cloud models has nothing to pull and succeeds too.
+    """
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
@@ -177,26 +198,60 @@ async def pull(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
     try:
         # the key's rules first: a limited key learns no other names
-        await gateway(request).resolve(context(request), name)
+        resolved = await gateway(request).resolve(context(request), name)
     except ModelNotFound:
         if registry_name(registry, name) in registry.names():
             raise
         listed = ", ".join(f"{n}:latest" for n in registry.names())
         raise ModelNotFound(
-            f"pull model manifest: {name!r} is not in models.yaml, and zoe-edge does not download models. "
-            f"Choose one of the models it serves ({listed}), or copy the model's GGUF file onto this machine "
-            f"and add it to models.yaml under models: (a name with file: <path to the .gguf>), then restart "
-            f"zoe-edge and choose that name"
+            f"pull model manifest: {name!r} is not in models.yaml. Choose one of the models it serves "
+            f"({listed}), or add the model to models.yaml under models: (a name with url: and sha256: to "
+            f"download it, or file: <path to a .gguf> on this machine), then reload zoe-edge and pull that name"
         ) from None
-    steps = [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"}, {"status": "success"}]
-    if body.get("stream") is False:
-        return web.json_response(steps[-1])
-    response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    await response.prepare(request)
-    for step in steps:
-        await response.write(json.dumps(step).encode() + b"\n")
-    await response.write_eof()
-    return response
+    lines = _pull_lines(request, resolved.model)
+    async with contextlib.aclosing(lines):
+        try:
+            first = await anext(lines)
+        except PullError as exc:
+            raise _pull_error(exc) from None
+        if body.get("stream") is False:
+            last = first
+            try:
+                async for line in lines:
+                    last = line
+            except PullError as exc:
+                raise _pull_error(exc) from None
+            return web.json_response(last)
+        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await response.prepare(request)
+        await response.write(json.dumps(first).encode() + b"\n")
+        try:
+            async for line in lines:
+                await response.write(json.dumps(line).encode() + b"\n")
+        except PullError as exc:
+            # after the first line the status is sent; Ollama's clients read an error line and raise it
+            log.warning("pull of %s failed: %s", name, exc)
+            await response.write(json.dumps({"error": str(exc)}).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+
+async def _pull_lines(request: web.Request, model: str | None) -> AsyncGenerator[dict[str, object], None]:
+    if model is None:
+        yield {"status": "success"}
+        return
+    settings = request.app[SETTINGS]
+    supervisor = request.app[SUPERVISOR]
+    budget = supervisor.budget(supervisor.model is not None and supervisor.model != model)
+    events = pull_model(
+        model, request.app[REGISTRY], settings.registry_path.resolve().parent, settings.state_dir, budget=budget
+    )
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event.result is not None:
+                log.info("pulled %s: %s", model, event.result.fit)
+            yield event.as_ollama()
 
 
 async def version(request: web.Request) -> web.Response:
