@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from zoe_edge.access.keys import ClientKey, KeyTable
-from zoe_edge.api import ollama, openai, telemetry
+from zoe_edge.api import anthropic, ollama, openai, telemetry
 from zoe_edge.api.common import CONTEXT, KEYS, OBSERVER, SETTINGS, context
 from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
@@ -119,9 +119,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _render_error(request: web.Request, exc: ZoeError) -> web.Response:
-    """Each client family gets errors in its own shape: Ollama's under /api, OpenAI's elsewhere."""
+    """Each client family gets errors in its own shape: Ollama's under /api, Anthropic's under /v1/messages,
+    OpenAI's elsewhere."""
     if request.path.startswith("/api/") and not request.path.startswith("/api/telemetry"):
         response = ollama.error_response(exc)
+    elif request.path == "/v1/messages" or request.path.startswith("/v1/messages/"):
+        response = anthropic.error_response(exc, context(request).request_id)
     else:
         response = openai.error_response(exc)
     # where the request was routed, when it got that far (x-zoe-route, x-zoe-served-by)
@@ -148,9 +151,13 @@ def _log_error(request: web.Request, exc: ZoeError) -> None:
 
 
 def _presented(request: web.Request, what: str, basic: bool = False) -> str:
-    """The key the request carries (bearer, or Basic's password for a browser page); never logged."""
+    """The key the request carries (bearer, Anthropic's ``x-api-key``, or Basic's password for a browser page);
+    never logged."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
+    if not header and (api_key := request.headers.get("x-api-key", "").strip()):
+        # the Anthropic SDK sends its key here and no Authorization header
+        return api_key
     if basic and scheme.lower() == "basic" and presented:
         try:
             # any user name; the password is the key
@@ -158,7 +165,7 @@ def _presented(request: web.Request, what: str, basic: bool = False) -> str:
         except (binascii.Error, UnicodeDecodeError):
             raise Unauthorized(f"invalid {what}") from None
     if scheme.lower() != "bearer" or not presented.strip():
-        raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <key>'")
+        raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
     return presented.strip()
 
 
