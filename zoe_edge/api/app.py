@@ -19,7 +19,7 @@ from zoe_edge import __version__
 from zoe_edge.access.budget import SpendBook, day_start
 from zoe_edge.access.keys import KeyTable
 from zoe_edge.access.limits import Limiter
-from zoe_edge.api import admin, anthropic, ollama, openai, telemetry
+from zoe_edge.api import admin, anthropic, ollama, openai, responses, telemetry
 from zoe_edge.api.common import CACHE, DISPATCHER, GATEWAY, KEYS, OBSERVER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
 from zoe_edge.api.middlewares import (
     DRAIN,
@@ -118,6 +118,7 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     openai.add_routes(app)
     ollama.add_routes(app)
+    responses.add_routes(app)
     anthropic.add_routes(app)
     admin.add_routes(app)
     app.cleanup_ctx.append(_supervisor_lifetime)
