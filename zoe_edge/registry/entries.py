@@ -66,6 +66,9 @@ class ModelEntry(BaseModel):
     chat_format: str = "auto"
     # the syntax the model emits tool calls in; auto reads it from a tool-aware chat template
     tool_format: Literal["auto", "hermes", "llama3", "mistral", "generic"] = "auto"
+    # where its thinking is told apart from its answer: think-tags (a <think>...</think> block), none
+    # (never split), auto (think-tags when the chat template has them); see zoe_edge.service.reasoning
+    reasoning: Literal["auto", "think-tags", "none"] = "auto"
     max_tokens: int = Field(default=512, ge=1)
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, top_k=40, min_p=0.05))
     ttl: float | None = 300.0
@@ -73,6 +76,21 @@ class ModelEntry(BaseModel):
     # cap on the KV snapshots of long prompt prefixes (bytes or "256MB"; 0 turns them off);
     # unset: the planner sizes it from the memory the model leaves spare
     prefix_cache: int | None = None
+    # what the loaded context serves: false = generation; true = embeddings only (a generation request
+    # for it is a 400); "also" = generation, plus pooled embeddings from the same context
+    embeddings: bool | Literal["also"] = False
+    # how token vectors pool into one per input; unset: the GGUF's own, mean when it names none
+    pooling: Literal["mean", "cls", "last"] | None = None
+    # trained Matryoshka-style: a request's `dimensions` may cut its vectors short (then renormalised)
+    matryoshka: bool = False
+
+    @property
+    def generates(self) -> bool:
+        return self.embeddings is not True
+
+    @property
+    def embeds(self) -> bool:
+        return self.embeddings is not False
 
     @field_validator("prefix_cache", mode="before")
     @classmethod

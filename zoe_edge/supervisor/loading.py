@@ -65,6 +65,8 @@ def load_spec(
         kv_cache_type=entry.kv_cache_type,
         tool_format=entry.tool_format,
         prefix_cache_bytes=prefix_cache_bytes,
+        embeddings="only" if entry.embeddings is True else "also" if entry.embeddings else "none",
+        pooling=entry.pooling,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from zoe_edge.canonical import Event, GenerationRequest
 from zoe_edge.worker.client import WorkerProcess
-from zoe_edge.worker.protocol import LoadSpec, ModelInfo
+from zoe_edge.worker.protocol import Embedded, LoadSpec, ModelInfo
 
 
 class WorkerClient(Protocol):
@@ -41,6 +41,10 @@ class WorkerClient(Protocol):
         self, req: GenerationRequest, stall_timeout: float, coalesce_ms: float = 0.0
     ) -> AsyncGenerator[Event, None]:
         """Stream events; a death or stall arrives as an ``ErrorEvent`` (worker_crashed, worker_timeout)."""
+        ...
+
+    async def embed(self, texts: list[str], truncate: bool, timeout: float) -> Embedded:
+        """One vector per text; a death or stall is ``ServiceUnavailable`` (worker_crashed, worker_timeout)."""
         ...
 
     async def exit_status(self, wait: float) -> int | None:

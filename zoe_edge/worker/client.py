@@ -1,4 +1,4 @@
-"""The daemon's handle on one worker process: spawn, load, stream a generation, stop."""
+"""The daemon's handle on one worker process: spawn, load, stream a generation, embed, stop."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, event_from_wire
-from zoe_edge.errors import ModelLoadFailed, WorkerFailed
-from zoe_edge.worker.protocol import LoadSpec, ModelInfo, ProtocolError, encode_frame, read_frame
+from zoe_edge.errors import Failure, ModelLoadFailed, ServiceUnavailable, WorkerFailed, error_for_status
+from zoe_edge.worker.protocol import Embedded, LoadSpec, ModelInfo, ProtocolError, encode_frame, read_frame
 
 log = logging.getLogger("zoe_edge.worker")
 
@@ -187,6 +187,36 @@ class WorkerProcess:
                     return
         finally:
             writer.close()
+
+    async def embed(self, texts: list[str], truncate: bool, timeout: float) -> Embedded:
+        """One vector per text. The worker's refusal is the error its status names (400 for what this model
+        cannot embed); a death or a stall is :class:`ServiceUnavailable` ``worker_crashed`` / ``worker_timeout``."""
+        try:
+            reply = await self._call({"op": "embed", "texts": texts, "truncate": truncate}, timeout)
+        except asyncio.TimeoutError:
+            log.error("%s took over %.0f s to embed; killing it", self.label, timeout)
+            await self.kill()
+            raise ServiceUnavailable(
+                f"the model worker stalled for {timeout:.0f} s and was restarted",
+                code=Failure.WORKER_TIMEOUT,
+                retry_after=5,
+            ) from None
+        except (OSError, ProtocolError, WorkerFailed) as exc:
+            await self._reap(1.0)
+            raise ServiceUnavailable(
+                f"the model worker {describe_exit(self.returncode)} during an embedding ({exc})",
+                code=Failure.WORKER_CRASHED,
+                retry_after=1,
+            ) from None
+        if reply.get("t") != "embedded":
+            status = reply.get("status")
+            code = reply.get("code")
+            raise error_for_status(
+                status if isinstance(status, int) else 500,
+                str(reply.get("message", "the worker could not embed")),
+                code=code if isinstance(code, str) and code != "protocol" else None,
+            )
+        return Embedded.model_validate(reply)
 
     async def kill(self) -> None:
         if self.alive:

@@ -97,6 +97,8 @@ class Engine:
                 n_threads=spec.n_threads,
                 n_gpu_layers=spec.n_gpu_layers,
                 kv_cache_type=spec.kv_cache_type,
+                embeddings=spec.embeddings,
+                pooling=spec.pooling,
             )
         except Exception as exc:
             detail = llama_log.recent() if llama_log else ""

@@ -16,11 +16,12 @@ from __future__ import annotations
 import collections
 import ctypes
 import importlib
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
+
+from zoe_edge.worker.compat_range import DISTRIBUTION, SUPPORTED, Compatibility, in_supported_range, version_tuple
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -54,12 +55,6 @@ __all__ = [
     "version_tuple",
 ]
 
-DISTRIBUTION = "llama-cpp-python"
-# the releases whose API this module was written against; REQUIRED below is what actually matters
-SUPPORTED = ">=0.3.8,<0.4"
-_LOWEST = (0, 3, 8)
-_BELOW = (0, 4)
-
 # module -> attributes (dotted for class members) that zoe-edge calls; instance attributes of a
 # loaded model cannot be seen without one and are checked in Model.__init__
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -88,6 +83,15 @@ REQUIRED: dict[str, tuple[str, ...]] = {
         "llama_state_seq_get_data",
         "llama_state_seq_set_data",
         "llama_supports_gpu_offload",
+        "Llama.embed",
+        "Llama.n_embd",
+        "Llama.pooling_type",
+        "llama_set_embeddings",
+        "LLAMA_POOLING_TYPE_UNSPECIFIED",
+        "LLAMA_POOLING_TYPE_NONE",
+        "LLAMA_POOLING_TYPE_MEAN",
+        "LLAMA_POOLING_TYPE_CLS",
+        "LLAMA_POOLING_TYPE_LAST",
     ),
     "llama_cpp._internals": (
         "LlamaModel.detokenize",
@@ -112,53 +116,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
         "_build_repetition",
     ),
 }
-_MODEL_ATTRIBUTES = ("_model", "_ctx", "n_tokens", "input_ids", "_requires_eval", "metadata")
+_MODEL_ATTRIBUTES = ("_model", "_ctx", "n_tokens", "input_ids", "_requires_eval", "metadata", "context_params")
 
 
 # --- compatibility -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Compatibility:
-    """What :func:`check` found: the installed release and what of zoe-edge's needs it lacks."""
-
-    version: str | None  # None: not installed
-    in_range: bool
-    missing: tuple[str, ...]  # "module.attribute", or a module that did not import
-    import_error: str | None = None
-    supported: str = SUPPORTED
-
-    @property
-    def ok(self) -> bool:
-        return self.version is not None and self.in_range and not self.missing and self.import_error is None
-
-    @property
-    def message(self) -> str:
-        """One line for a log or a terminal."""
-        if self.version is None:
-            how = f"does not import ({self.import_error})" if self.import_error else "is not installed"
-            return f"{DISTRIBUTION} {how}; zoe-edge needs {self.supported}"
-        if self.ok:
-            return f"{DISTRIBUTION} {self.version} is supported ({self.supported})"
-        why = []
-        if not self.in_range:
-            why.append("outside the supported range")
-        if self.import_error is not None:
-            why.append(f"import failed: {self.import_error}")
-        if self.missing:
-            why.append("missing " + ", ".join(self.missing))
-        return f"{DISTRIBUTION} {self.version} is not supported (zoe-edge needs {self.supported}): {'; '.join(why)}"
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """The leading release numbers of a version string ("0.3.8.post1" -> (0, 3, 8))."""
-    match = re.match(r"\d+(?:\.\d+)*", version)
-    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
-
-
-def in_supported_range(version: str) -> bool:
-    parsed = version_tuple(version)
-    return bool(parsed) and _LOWEST <= parsed < _BELOW
 
 
 def _lookup(module: Any, dotted: str) -> bool:
@@ -284,6 +245,7 @@ class LlamaLog:
 # --- one loaded model -----------------------------------------------------------------------------
 
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
+EmbeddingMode = Literal["none", "only", "also"]
 
 
 @dataclass(frozen=True)
@@ -340,23 +302,34 @@ class Model:
         n_threads: int,
         n_gpu_layers: int,
         kv_cache_type: KVCacheType,
+        embeddings: EmbeddingMode = "none",
+        pooling: Literal["mean", "cls", "last"] | None = None,
     ) -> Model:
         import llama_cpp  # imported here so the daemon process never loads libllama
 
         kv_type = {"f16": None, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}[kv_cache_type]
-        llm = llama_cpp.Llama(
-            model_path=path,
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            type_k=kv_type,
-            type_v=kv_type,
-            # llama.cpp can only quantise the V cache with flash attention on
-            flash_attn=kv_type is not None,
-            verbose=False,
-        )
+        for pool in (pooling or "unspecified", "mean"):
+            llm = llama_cpp.Llama(
+                model_path=path,
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                # a non-causal encoder must see each input in one micro-batch
+                n_ubatch=n_batch if embeddings == "only" else 512,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                type_k=kv_type,
+                type_v=kv_type,
+                # llama.cpp can only quantise the V cache with flash attention on
+                flash_attn=kv_type is not None,
+                embedding=embeddings == "only",
+                pooling_type=getattr(llama_cpp, f"LLAMA_POOLING_TYPE_{pool.upper()}"),
+                verbose=False,
+            )
+            # a causal LM's GGUF names no pooling, and unpooled it would give one vector per token
+            if embeddings == "none" or int(llm.pooling_type()) != llama_cpp.LLAMA_POOLING_TYPE_NONE:
+                break
+            llm.close()
         return cls(llm)
 
     def close(self) -> None:
@@ -380,6 +353,31 @@ class Model:
 
     def size_bytes(self) -> int:
         return int(self._llm._model.size())
+
+    def n_embd(self) -> int:
+        return int(self._llm.n_embd())
+
+    def embed(self, texts: list[str], *, truncate: bool) -> tuple[list[list[float]], int]:
+        """Pooled, L2-normalised vectors and the tokens read (``truncate``: cut each text to ``n_batch``).
+
+        The KV cache is empty afterwards. A generative context computes embeddings only while they
+        are switched on, so they are for this call alone.
+        """
+        import llama_cpp
+
+        llm = self._llm
+        switch = not llm.context_params.embeddings
+        if switch:
+            llama_cpp.llama_set_embeddings(llm.ctx, True)
+            llm.context_params.embeddings = True  # Llama.embed checks its own copy of the flag
+        try:
+            vectors, count = llm.embed(texts, normalize=True, truncate=truncate, return_count=True)
+        finally:
+            if switch:
+                llama_cpp.llama_set_embeddings(llm.ctx, False)
+                llm.context_params.embeddings = False
+            llm.n_tokens = 0  # embed cleared the KV cells
+        return [list(v) for v in vectors], int(count)
 
     def token_bos(self) -> int:
         return int(self._llm.token_bos())

@@ -120,6 +120,8 @@ class Worker:
             self._load(conn, request)
         elif op == "generate":
             self._generate(conn, request)
+        elif op == "embed":
+            self._embed(conn, request)
         elif op == "shutdown":
             self._send(conn, {"t": "bye"})
             return False
@@ -183,6 +185,28 @@ class Worker:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             watcher.join(timeout=1.0)
+
+    def _embed(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        from zoe_edge.worker.embedding import embed
+        from zoe_edge.worker.engine import RequestRejected
+
+        texts = request.get("texts")
+        if self.engine is None or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            why = "no model loaded" if self.engine is None else "texts must be a list of strings"
+            self._send(conn, {"t": "error", "message": why, "code": "protocol", "status": 500})
+            return
+        try:
+            result = embed(self.engine, texts, bool(request.get("truncate", False)))
+        except RequestRejected as exc:
+            self._send(conn, {"t": "error", "message": str(exc), "code": exc.code, "status": 400})
+            return
+        except Exception as exc:
+            log.error("embedding failed: %s", traceback.format_exc())
+            self._send(
+                conn, {"t": "error", "message": f"embedding failed: {exc}", "code": "server_error", "status": 500}
+            )
+            return
+        self._send(conn, {"t": "embedded", **result.model_dump()})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 Each connection carries one operation: the daemon sends a request frame (``{"op": ...}``) and
 reads reply frames until a terminal one. For ``generate`` the replies are canonical events (see
 :func:`zoe_edge.canonical.event_to_wire`); closing the connection, or sending ``{"op": "cancel"}``,
-stops the generation at the next token.
+stops the generation at the next token. For ``embed`` the one reply is ``{"t": "embedded", ...}``
+(:class:`Embedded`) or ``{"t": "error", ...}``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class LoadSpec(BaseModel):
     # the supervisor's plan sizes it from the memory the model leaves spare
     prefix_cache_bytes: int = Field(default=0, ge=0)
     prefix_cache_min_tokens: int = Field(default=256, ge=1)
+    # "only": an embedding context (no generation); "also": a generative one that also pools embeddings
+    embeddings: Literal["none", "only", "also"] = "none"
+    pooling: Literal["mean", "cls", "last"] | None = None  # None: the GGUF's own, mean when it names none
 
 
 class ModelInfo(BaseModel):
@@ -57,6 +61,15 @@ class ModelInfo(BaseModel):
     tool_format: str = "generic"
     load_ms: float
     pid: int
+
+
+class Embedded(BaseModel):
+    """The worker's answer to ``{"op": "embed", "texts": [...], "truncate": bool}``: one vector per text."""
+
+    vectors: list[list[float]]  # pooled and L2-normalised, in the order of the texts
+    prompt_tokens: int
+    n_embd: int
+    embed_ms: float
 
 
 def encode_frame(payload: dict[str, Any]) -> bytes:
