@@ -7,19 +7,28 @@ error rather than splicing another target's words onto it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import mmap
 from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from zoe_edge.assist import TurnPlan, plan_turn
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, Usage
 from zoe_edge.errors import Failure, ServiceUnavailable, TooManyRequests, ZoeError
-from zoe_edge.registry import Registry
+from zoe_edge.gguf_info import GGUFError
+from zoe_edge.registry import ModelEntry, Registry
 from zoe_edge.routing.resolve import with_model_defaults
 from zoe_edge.routing.routes import RoutePlan, Skip, Target, effective_tool_choice, fallback_reason, thermal_skip
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.supervisor.planner import ContextDecision
+from zoe_edge.worker.templates import bundled_template
+
+if TYPE_CHECKING:
+    from zoe_edge.service.reasoning import ReasoningSetup
 
 log = logging.getLogger("zoe_edge.routing")
 
@@ -92,6 +101,26 @@ async def _spoken(text: str) -> AsyncGenerator[Event, None]:
     yield Finish("stop", Usage(0, 0))
 
 
+def gguf_chat_template(path: Path) -> str | None:
+    """The chat template in a GGUF's metadata (``gguf_info`` keeps only whether there is one)."""
+    from zoe_edge.gguf_info import _parse
+
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            meta = _parse(view)[0]
+        finally:
+            view.release()
+    template = meta.get("tokenizer.chat_template")
+    return template if isinstance(template, str) else None
+
+
+async def _chain(first: Event, rest: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+    yield first
+    async for event in rest:
+        yield event
+
+
 def _always_cool() -> tuple[str, str]:
     return "normal", "no telemetry"
 
@@ -108,6 +137,8 @@ class Dispatcher:
         self.supervisor = supervisor
         self.upstreams = upstreams
         self.thermal = thermal  # (state, reason) from the telemetry sampler
+        # per model file version and registry options: the template is read from the GGUF once
+        self._reasoning: dict[tuple[object, ...], ReasoningSetup] = {}
 
     def _turn(self, req: GenerationRequest) -> TurnPlan:
         settings = self.registry.assist
@@ -122,10 +153,69 @@ class Dispatcher:
             # cloud models plan their own turns; the planner shapes what a small local model is asked
             if turn.answer is not None:
                 return _spoken(turn.answer)
-            local = with_model_defaults(req, self.registry.models[target.model])
-            return self.supervisor.generate(target.model, local, deadline)
+            entry = self.registry.models[target.model]
+            local = with_model_defaults(req, entry)
+            events = self.supervisor.generate(target.model, local, deadline)
+            if entry.reasoning == "none" and local.think is not False:
+                return events
+            return self._reasoned(target.model, entry, local.think, events)
         upstream = self.upstreams[target.provider or ""]
         return upstream.generate(target.model, req)
+
+    async def _reasoned(
+        self, model: str, entry: ModelEntry, think: bool | None, events: AsyncGenerator[Event, None]
+    ) -> AsyncGenerator[Event, None]:
+        """A local stream with the model's thinking apart from its answer.
+
+        The template is looked up once the first event came: the model is loaded by then, so its file
+        is in place (looking earlier could start assembling a packaged model beside the loader).
+        """
+        # zoe_edge.service imports this module (its gateway dispatches): import its reasoning at call time
+        from zoe_edge.service.reasoning import split_reasoning
+
+        async with aclosing(events) as source:
+            first = await anext(source, None)
+            if first is None:
+                return
+            setup = await self._reasoning_setup(model, entry)
+            # the worker does not yet render the template with enable_thinking (see reasoning.template_kwargs)
+            async for event in split_reasoning(_chain(first, source), setup, think, switched=False):
+                yield event
+
+    async def _reasoning_setup(self, model: str, entry: ModelEntry) -> ReasoningSetup:
+        from zoe_edge.service.reasoning import NO_SPLIT, resolve
+
+        if entry.reasoning == "none":
+            return NO_SPLIT
+        path: Path | None = None
+        if entry.chat_format == "auto":
+            try:
+                path = self.supervisor.model_file(model)
+                stat = path.stat()
+            except (OSError, ValueError, ImportError):
+                return resolve(entry.reasoning, None)
+            key: tuple[object, ...] = (entry.reasoning, str(path), stat.st_size, stat.st_mtime_ns)
+        else:
+            key = (entry.reasoning, "bundled", entry.chat_format)
+        setup = self._reasoning.get(key)
+        if setup is None:
+            setup = await asyncio.to_thread(self._read_setup, entry, path)
+            self._reasoning[key] = setup
+            log.info("%s: reasoning: %s", model, setup.reason)
+        return setup
+
+    @staticmethod
+    def _read_setup(entry: ModelEntry, path: Path | None) -> ReasoningSetup:
+        from zoe_edge.service.reasoning import resolve
+
+        if path is None:
+            return resolve(entry.reasoning, bundled_template(entry.chat_format))
+        try:
+            template = gguf_chat_template(path)
+        except (OSError, ValueError, GGUFError) as exc:
+            log.warning("chat template of %s unreadable (%s): reasoning not split", path, exc)
+            template = None
+        return resolve(entry.reasoning, template)
 
     def _unusable(self, target: Target, has_fallback: bool) -> Skip | None:
         """Why ``target`` must not even be tried now, or ``None``."""
