@@ -69,9 +69,6 @@ class ModelEntry(BaseModel):
     # where its thinking is told apart from its answer: think-tags (a <think>...</think> block), none
     # (never split), auto (think-tags when the chat template has them); see zoe_edge.service.reasoning
     reasoning: Literal["auto", "think-tags", "none"] = "auto"
-    # where its thinking is told apart from its answer: think-tags (a <think>...</think> block), none
-    # (never split), auto (think-tags when the chat template has them); see zoe_edge.service.reasoning
-    reasoning: Literal["auto", "think-tags", "none"] = "auto"
     max_tokens: int = Field(default=512, ge=1)
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, top_k=40, min_p=0.05))
     ttl: float | None = 300.0
