@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from zoe_edge.access.budget import seconds_to_midnight
@@ -54,7 +56,28 @@ class Service(Protocol):
 
     def keep_alive(self, model: str, seconds: float | None) -> None: ...
 
+    async def embed(
+        self, ctx: RequestContext, name: str, texts: list[str], dimensions: int | None, *, truncate: bool = False
+    ) -> Embedded: ...
+
     async def fit_map(self) -> tuple[dict[str, bool], dict[str, int]]: ...
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Embeddings as a front renders them: one unit vector per input, in order."""
+
+    vectors: list[list[float]]
+    model: str  # the local model that computed them
+    prompt_tokens: int
+    load_ms: float = 0.0  # the swap this request waited for, if it caused one
+
+
+def shorten(vector: list[float], dimensions: int) -> list[float]:
+    """A Matryoshka vector cut to its first ``dimensions`` and made a unit vector again."""
+    head = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in head))
+    return [x / norm for x in head] if norm > 0 else head
 
 
 def locality(dispatched: Dispatched) -> str:
@@ -236,3 +259,51 @@ class Gateway:
 
     def keep_alive(self, model: str, seconds: float | None) -> None:
         self.supervisor.set_keep_alive(model, seconds)
+
+    # --- embeddings -----------------------------------------------------------------------------
+
+    async def embed(
+        self, ctx: RequestContext, name: str, texts: list[str], dimensions: int | None, *, truncate: bool = False
+    ) -> Embedded:
+        """Embed ``texts`` on the local model ``name`` stands for, under the key's rules as a generation.
+
+        Only the local slot embeds: a name with no local target is a 400. ``dimensions`` cuts the vectors
+        short for a model marked ``matryoshka`` (a 400 for any other); ``truncate`` cuts long inputs
+        instead of refusing them.
+        """
+        rec = ctx.usage
+        if rec is not None:
+            rec.requested = registry_name(self.registry, name)
+        resolved, _ = await self._resolve(ctx, name, None)
+        model = resolved.model
+        if rec is not None:
+            rec.route = resolved.plan.route
+        if model is None:
+            raise InvalidRequest(
+                f"{resolved.name!r} has only cloud targets; embeddings are served by local models only", param="model"
+            )
+        entry = self.registry.models[model]
+        if dimensions is not None and not entry.matryoshka:
+            raise InvalidRequest(
+                f"model {model!r} does not support 'dimensions': its vectors cannot be shortened (a Matryoshka "
+                "model can, with 'matryoshka: true' in models.yaml)",
+                param="dimensions",
+            )
+        ctx.served_by = f"local:{model}"
+        ctx.route_headers = {"x-zoe-route": resolved.plan.reason, "x-zoe-served-by": ctx.served_by}
+        swaps = self.supervisor.swap_records
+        last = swaps[-1] if swaps else None
+        out = await self.supervisor.embed(model, texts, ctx.deadline, truncate=truncate)
+        swaps = self.supervisor.swap_records
+        load_ms = swaps[-1].duration_ms if swaps and swaps[-1] is not last and swaps[-1].model == model else 0.0
+        vectors = out.vectors
+        if dimensions is not None:
+            if not 1 <= dimensions <= out.n_embd:
+                raise InvalidRequest(
+                    f"dimensions must be between 1 and {out.n_embd} (the width of {model!r})", param="dimensions"
+                )
+            vectors = [shorten(v, dimensions) for v in vectors]
+        if rec is not None:
+            rec.target, rec.locality = ctx.served_by, "local"
+            rec.prompt_tokens = out.prompt_tokens
+        return Embedded(vectors, model, out.prompt_tokens, load_ms)
