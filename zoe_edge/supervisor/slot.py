@@ -21,7 +21,7 @@ import psutil
 
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest
 from zoe_edge.config import Settings
-from zoe_edge.errors import Failure, ServiceUnavailable, ZoeError
+from zoe_edge.errors import Failure, InvalidRequest, ServiceUnavailable, ZoeError
 from zoe_edge.gguf_info import GGUFError
 from zoe_edge.registry import Registry
 from zoe_edge.supervisor import device
@@ -31,7 +31,7 @@ from zoe_edge.supervisor.queueing import SlotQueue
 from zoe_edge.supervisor.records import LoadFailure, MemoryStatus, ModelStats, SlotStatus, SupervisorStatus, SwapRecord
 from zoe_edge.supervisor.state import InvalidTransition, SlotState
 from zoe_edge.supervisor.workers import WorkerFactory
-from zoe_edge.worker.protocol import ModelInfo
+from zoe_edge.worker.protocol import Embedded, ModelInfo
 
 __all__ = [
     "SERVED_CONTEXT",
@@ -188,6 +188,13 @@ class Supervisor:
         so is the first when the retry could not start within the deadline (a route then falls back
         on the crash).
         """
+        entry = self.registry.models.get(model)
+        if entry is not None and not entry.generates:
+            raise InvalidRequest(
+                f"model {model!r} is an embeddings model (embeddings: true in models.yaml): ask /v1/embeddings "
+                "or /api/embed, or name a generative model",
+                param="model",
+            )
         for attempt in (1, 2):
             try:
                 ticket = await self.queue.admit(model, deadline, req.n_ctx)
@@ -234,6 +241,44 @@ class Supervisor:
             if await worker.exit_status(2.0) is None:
                 await worker.kill()
             log.warning("worker for %r died before answering (%s); retrying the request once", model, self.last_error)
+
+    async def embed(
+        self, model: str, texts: list[str], deadline: float | None = None, *, truncate: bool = False
+    ) -> Embedded:
+        """One vector per text from ``model``, through the same admission, queue and swaps as a generation.
+
+        Raises :class:`InvalidRequest` when the registry does not mark ``model`` for embeddings, and what
+        :meth:`generate` raises before its first event. A worker that dies during the call is replaced and
+        the call runs once more, as a generation that dies before its first token does.
+        """
+        entry = self.registry.models.get(model)
+        if entry is not None and not entry.embeds:
+            raise InvalidRequest(
+                f"model {model!r} does not serve embeddings: its models.yaml entry needs 'embeddings: true' "
+                "(an embeddings model) or 'embeddings: also' (a generative model that also embeds)",
+                param="model",
+            )
+        for attempt in (1, 2):
+            ticket = await self.queue.admit(model, deadline)
+            worker = await self.queue.await_grant(ticket, deadline)
+            assert worker is not None
+            started = time.monotonic()
+            crashed = False
+            try:
+                return await worker.embed(texts, truncate, self.settings.stall_timeout_s)
+            except ServiceUnavailable as exc:
+                crashed = exc.kind in (Failure.WORKER_CRASHED, Failure.WORKER_TIMEOUT)
+                if crashed:
+                    self.last_error = exc.message
+                if attempt == 2 or exc.kind is not Failure.WORKER_CRASHED:
+                    raise
+            finally:
+                self.queue.release(model, time.monotonic() - started, crashed=crashed)
+            # as in generate: the scheduler must see the process gone before the retry is admitted
+            if await worker.exit_status(2.0) is None:
+                await worker.kill()
+            log.warning("worker for %r died while embedding (%s); retrying once", model, self.last_error)
+        raise AssertionError("unreachable")
 
     async def load(self, model: str, n_ctx: int | None = None) -> Plan:
         """Make ``model`` the loaded one (admin API, preload), at ``n_ctx`` if the planner allows; returns its plan."""
