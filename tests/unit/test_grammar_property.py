@@ -177,6 +177,8 @@ def composites(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
                 {"patternProperties": {"^x": {"type": "integer"}, "a": {"type": "string"}}},
                 {"dependentRequired": {"a": ["b"]}},
                 {"propertyNames": {"maxLength": 3}},
+                {"propertyNames": {"pattern": "^[a-k]+$"}},
+                {"propertyNames": {"enum": ["a", "b", "kind"]}},
             ]
         ),
     )

@@ -224,23 +224,42 @@ class CoreAlgebra:
             if "maxItems" in a or "maxItems" in b:
                 out["maxItems"] = min(c["maxItems"] for c in (a, b) if "maxItems" in c)
             return self.finish_array(out)
-        # objects: a property missing from one side meets that side's additionalProperties
-        props_a, props_b = a.get("properties", {}), b.get("properties", {})
-        extra_a, extra_b = a.get("additionalProperties"), b.get("additionalProperties")
+        return self.intersect_objects(a, b, path)
+
+    def _member(self, side: dict[str, Any], name: str) -> Core:
+        """The schema ``side`` gives a property ``name``: its own, else its propertyNames and
+        additionalProperties (absent: any value)."""
+        props: dict[str, Core] = side.get("properties", {})
+        if name in props:
+            return props[name]
+        if "propertyNames" in side and not self.ok(name, side["propertyNames"]):
+            return False
+        extra: Core | None = side.get("additionalProperties")
+        return {} if extra is None else extra
+
+    def intersect_objects(self, a: dict[str, Any], b: dict[str, Any], path: str) -> Core:
+        # a property missing from one side meets that side's propertyNames and additionalProperties
         props: dict[str, Core] = {}
-        for name in dict.fromkeys([*props_a, *props_b]):
-            sa = props_a.get(name, {} if extra_a is None else extra_a)
-            sb = props_b.get(name, {} if extra_b is None else extra_b)
-            props[name] = self.intersect(sa, sb, f"{path}.{name}")
-        out = {
+        for name in dict.fromkeys([*a.get("properties", {}), *b.get("properties", {})]):
+            props[name] = self.intersect(self._member(a, name), self._member(b, name), f"{path}.{name}")
+        out: dict[str, Any] = {
             "type": "object",
             "properties": props,
             "required": list(dict.fromkeys([*a.get("required", []), *b.get("required", [])])),
         }
+        extra_a, extra_b = a.get("additionalProperties"), b.get("additionalProperties")
         if extra_a is not None and extra_b is not None:
             out["additionalProperties"] = self.intersect(extra_a, extra_b, f"{path}.additionalProperties")
         elif extra_a is not None or extra_b is not None:
             out["additionalProperties"] = extra_a if extra_a is not None else extra_b
+        names = [c["propertyNames"] for c in (a, b) if "propertyNames" in c]
+        if names:
+            merged = names[0] if len(names) == 1 else self.intersect(names[0], names[1], f"{path}.propertyNames")
+            if out.get("additionalProperties") is None:
+                out["propertyNames"] = merged
+            elif out["additionalProperties"] is not False:
+                # the grammar's extra members take any name that is not declared
+                self.note(f"{path}: keyword 'propertyNames' is not enforced on additional properties")
         return self.finish_object(out)
 
     def kinds(self, core: Core, depth: int = 0) -> set[str]:

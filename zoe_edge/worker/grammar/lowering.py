@@ -247,14 +247,22 @@ class _Lowerer(CoreAlgebra):
                 self.note(f"{path}: patternProperties: only the declared properties are generated", False)
             extra = False
         names = s.get("propertyNames")
+        names_core: Core = {}
         if names is not None and names is not True:
-            self.lower(names, f"{path}.propertyNames")  # malformed is still an error
+            names_core = self.lower(names, f"{path}.propertyNames")  # malformed is still an error
+            notes = list(self.notes)
+            names_core = self.intersect(names_core, {"type": "string"}, path)  # a name is a string
+            self.notes = notes  # only a smaller schema to check names against: nothing is lost
             for name in props:
                 if _validate(name, names, self.root, path):
                     props[name] = False
             if extra not in (None, False):
                 self.note(f"{path}: keyword 'propertyNames' is not enforced on additional properties")
         core: dict[str, Any] = {"type": "object", "properties": props, "required": required}
+        if names_core != {} and extra is None:
+            # the grammar generates only the declared names (all checked above), but an allOf
+            # sibling may declare more: the intersection checks them against it (CoreAlgebra.intersect)
+            core["propertyNames"] = names_core
         if extra is not None:
             core["additionalProperties"] = extra
         result = self.finish_object(core)
