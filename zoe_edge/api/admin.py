@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import CACHE, GATEWAY, KEYS, OBSERVER, REGISTRY, SUPERVISOR, context
-from zoe_edge.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from zoe_edge.api.common import CACHE, CONFIG, GATEWAY, OBSERVER, RELOADER, SUPERVISOR, context, registry_of
+from zoe_edge.errors import InvalidRequest, ModelNotFound, RegistryError, ServiceUnavailable
 from zoe_edge.routing.names import registry_name
 from zoe_edge.routing.routes import has_selection, route_selections
 from zoe_edge.usage import query
@@ -22,7 +22,7 @@ from zoe_edge.usage import query
 def _known(request: web.Request) -> Iterator[str]:
     """The path's model name; an unknown one is a 404 that lists the registry's names."""
     name = request.match_info["name"]
-    registry = request.app[REGISTRY]
+    registry = registry_of(request.app)
     try:
         yield name
     except ModelNotFound:
@@ -34,7 +34,7 @@ def _known(request: web.Request) -> Iterator[str]:
 
 async def status(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    registry = request.app[REGISTRY]
+    registry = registry_of(request.app)
     body: dict[str, Any] = supervisor.status()
     body["registry"] = {
         "default": registry.default_model,
@@ -67,9 +67,35 @@ async def status(request: web.Request) -> web.Response:
             "daily_budget_usd": key.daily_budget_usd,
             "spent_today_usd": round(observer.spend.spent.get(key.id, 0.0), 6),
         }
-        for key in request.app[KEYS].keys
+        for key in request.app[CONFIG].keys.keys
     }
+    body["config"] = request.app[CONFIG].status()
     return web.json_response(body)
+
+
+async def reload(request: web.Request) -> web.Response:
+    """Reread models.yaml: 200 with what changed, or 422 with one line per problem (the running config stays)."""
+    try:
+        done = await request.app[RELOADER].reload()
+    except RegistryError as exc:
+        return web.json_response(
+            {"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": "invalid_config"},
+             "problems": exc.problems},
+            status=422,
+        )
+    change = done.change
+    return web.json_response(
+        {
+            "digest": done.digest,
+            "reason": change.reason,
+            "added": change.added,
+            "removed": change.removed,
+            "changed": change.changed_models,
+            "providers_changed": change.changed_providers,
+            "restart_needed": change.restart_needed,
+            "unloading": change.unload,
+        }
+    )
 
 
 async def usage(request: web.Request) -> web.Response:
@@ -119,5 +145,6 @@ async def unload(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/status", status)
     app.router.add_get("/admin/usage", usage)
+    app.router.add_post("/admin/reload", reload)
     app.router.add_post("/admin/models/{name}/load", load)
     app.router.add_post("/admin/models/{name}/unload", unload)

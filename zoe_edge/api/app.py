@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -20,7 +21,18 @@ from zoe_edge.access.budget import SpendBook, day_start
 from zoe_edge.access.keys import KeyTable
 from zoe_edge.access.limits import Limiter
 from zoe_edge.api import admin, anthropic, ollama, openai, responses, telemetry
-from zoe_edge.api.common import CACHE, DISPATCHER, GATEWAY, KEYS, OBSERVER, REGISTRY, SAMPLER, SETTINGS, SUPERVISOR
+from zoe_edge.api.common import (
+    CACHE,
+    CONFIG,
+    DISPATCHER,
+    GATEWAY,
+    OBSERVER,
+    RELOADER,
+    SAMPLER,
+    SETTINGS,
+    SUPERVISOR,
+    registry_of,
+)
 from zoe_edge.api.middlewares import (
     DRAIN,
     Drain,
@@ -32,11 +44,14 @@ from zoe_edge.api.middlewares import (
 )
 from zoe_edge.cache.service import ResponseCache
 from zoe_edge.config import Settings
+from zoe_edge.errors import RegistryError
 from zoe_edge.providers import make_provider
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.sdnotify import Notifier
 from zoe_edge.service import Gateway
+from zoe_edge.service.config import LiveConfig, digest_of
+from zoe_edge.service.reload import Reloader
 from zoe_edge.supervisor import SlotState, Supervisor
 from zoe_edge.telemetry.policy import ThermalLimits
 from zoe_edge.telemetry.sampler import Sampler
@@ -56,7 +71,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready when the default model is loaded, or its file is present and a valid GGUF."""
     supervisor = request.app[SUPERVISOR]
-    model = request.app[REGISTRY].default_model
+    model = registry_of(request.app).default_model
     if supervisor.loaded == model and supervisor.state in (SlotState.READY, SlotState.BUSY):
         return web.json_response({"status": "ready", "model": model, "loaded": True})
     problem = await supervisor.check_loadable(model)
@@ -95,10 +110,10 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     app[SETTINGS] = settings
     app[DRAIN] = Drain()
     app.on_response_prepare.append(cors_headers)
-    app[REGISTRY] = registry
     registry_dir = settings.registry_path.resolve().parent
     app[SUPERVISOR] = Supervisor(registry, registry_dir, settings)
-    app[KEYS] = KeyTable.build(registry.keys, registry_dir, settings.api_key, settings.admin_key)
+    keys = KeyTable.build(registry.keys, registry_dir, settings.api_key, settings.admin_key)
+    app[CONFIG] = LiveConfig(registry, keys, settings.registry_path, digest=file_digest(settings.registry_path))
     ledger = Ledger(ledger_path(settings, registry), registry.usage.retention_days) if registry.usage.enabled else None
     observer = Observer(registry, Metrics(), ledger, SpendBook(), Limiter())
     observer.metrics.watch(app[SUPERVISOR].status, ledger.status if ledger is not None else None)
@@ -109,7 +124,13 @@ def build_app(settings: Settings, registry: Registry) -> web.Application:
     upstreams = {name: make_provider(name, config) for name, config in registry.providers.items()}
     app[DISPATCHER] = Dispatcher(registry, app[SUPERVISOR], upstreams)
     app[CACHE] = ResponseCache.from_registry(registry)
-    app[GATEWAY] = Gateway(registry, app[SUPERVISOR], app[DISPATCHER], app[CACHE], observer)
+    gateway = app[GATEWAY] = Gateway(registry, app[SUPERVISOR], app[DISPATCHER], app[CACHE], observer)
+
+    def also(new: Registry) -> None:
+        observer.registry = new  # costs of cloud models
+        app[CACHE].registry = new
+
+    app[RELOADER] = Reloader(app[CONFIG], settings, gateway, app[DISPATCHER], make_provider, also)
     for name, upstream in upstreams.items():
         if (why := upstream.disabled_reason()) is not None:
             log.info("provider %s is disabled: %s", name, why)
@@ -190,6 +211,8 @@ async def serve(settings: Settings, registry: Registry) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # systemd's ExecReload sends SIGHUP: reread models.yaml; a bad edit is logged and the running config stays
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_soon(app))
     notifier = Notifier()
     supervisor = app[SUPERVISOR]
     # systemd hears READY=1 once we listen and the preload has finished, loaded or failed clearly
@@ -209,6 +232,26 @@ async def serve(settings: Settings, registry: Registry) -> None:
         keepalive.cancel()
         await asyncio.gather(keepalive, return_exceptions=True)
         await runner.cleanup()
+
+
+_RELOADS: set[asyncio.Task[None]] = set()
+
+
+def _reload_soon(app: web.Application) -> None:
+    async def run() -> None:
+        with contextlib.suppress(RegistryError):  # logged by the reloader; the running config stays
+            await app[RELOADER].reload()
+
+    task = asyncio.get_running_loop().create_task(run())
+    _RELOADS.add(task)
+    task.add_done_callback(_RELOADS.discard)
+
+
+def file_digest(path: Path) -> str:
+    try:
+        return digest_of(path.read_bytes())
+    except OSError:
+        return ""
 
 
 def status_line(supervisor: Supervisor, sampler: Sampler) -> str:

@@ -13,31 +13,32 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoe_edge import validation
-from zoe_edge.access.keys import KeyTable
 from zoe_edge.cache.service import ResponseCache
 from zoe_edge.config import Settings
 from zoe_edge.errors import (
     InvalidRequest,
-    NotImplementedHere,
     PayloadTooLarge,
     RequestTimeout,
 )
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.service import RequestContext, Service
+from zoe_edge.service.config import LiveConfig
+from zoe_edge.service.reload import Reloader
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.telemetry.sampler import Sampler
 from zoe_edge.usage.observer import Observer
 
 SETTINGS = web.AppKey("settings", Settings)
-REGISTRY = web.AppKey("registry", Registry)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 SAMPLER = web.AppKey("sampler", Sampler)
 CACHE = web.AppKey("cache", ResponseCache)
 # the last generation requests (served by, route, fallback reason), for the dashboard
 RECENT_REQUESTS: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("recent_requests")
-KEYS = web.AppKey("keys", KeyTable)
+# the registry and key table in force; a reload replaces them (zoe_edge.service.reload)
+CONFIG = web.AppKey("config", LiveConfig)
+RELOADER = web.AppKey("reloader", Reloader)
 OBSERVER = web.AppKey("observer", Observer)
 GATEWAY: web.AppKey[Service] = web.AppKey("gateway")
 CONTEXT = web.RequestKey("context", RequestContext)
@@ -46,6 +47,11 @@ CONTEXT = web.RequestKey("context", RequestContext)
 class Lenient(BaseModel):
     # clients send fields we do not use (logit_bias, metadata, store, ...); accept and ignore them
     model_config = ConfigDict(extra="ignore")
+
+
+def registry_of(app: web.Application) -> Registry:
+    """The registry in force now (read per request, so a reload shows at once)."""
+    return app[CONFIG].registry
 
 
 def context(request: web.Request) -> RequestContext:
@@ -95,14 +101,6 @@ async def read_json(request: web.Request) -> Any:
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-async def no_embeddings(request: web.Request) -> web.Response:
-    """Embeddings need a model loaded in embedding mode, which the single slot does not keep."""
-    raise NotImplementedHere(
-        "embeddings are not offered: the registry's models are loaded for generation only, and the single "
-        "model slot does not keep a second, embedding-mode context"
-    )
 
 
 def parse_seconds(raw: str | None, name: str) -> float | None:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from zoe_edge.access.keys import ClientKey, KeyTable
 from zoe_edge.api import anthropic, ollama, openai, telemetry
-from zoe_edge.api.common import CONTEXT, KEYS, OBSERVER, SETTINGS, context
+from zoe_edge.api.common import CONFIG, CONTEXT, OBSERVER, SETTINGS, context
 from zoe_edge.config import is_loopback
 from zoe_edge.errors import (
     Forbidden,
@@ -170,7 +170,8 @@ def _presented(request: web.Request, what: str, basic: bool = False) -> str:
 
 
 def _keys(app: web.Application) -> KeyTable:
-    keys = app.get(KEYS)
+    config = app.get(CONFIG)
+    keys = config.keys if config is not None else None
     if keys is None:
         # an app assembled without build_app (a front tested alone): the settings' two keys
         settings = app[SETTINGS]

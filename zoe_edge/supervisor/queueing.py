@@ -169,7 +169,9 @@ class SlotQueue:
     def _ttl(self, model: str) -> float | None:
         if model in self.ttl_override:
             return self.ttl_override[model]
-        return self.registry.models[model].ttl
+        entry = self.registry.models.get(model)
+        # a model a reload removed stays loaded only for the requests already routed to it
+        return entry.ttl if entry is not None else 0.0
 
     def idle_unload_at(self) -> float | None:
         """Seconds until the loaded model unloads for idleness; ``None`` while busy or kept forever."""

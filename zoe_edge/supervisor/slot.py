@@ -73,6 +73,12 @@ class Supervisor:
         self.queue = SlotQueue(self.loader)
         self.last_tokens_per_s: float | None = None
 
+    def use_registry(self, registry: Registry) -> None:
+        """A reloaded registry, for every decision from now on. The loaded worker keeps running: a caller
+        that changed the loaded model's entry unloads it (after in-flight work) so the next load reads the
+        new entry. Admission and device figures are read at start and need a restart."""
+        self.registry = self.loader.registry = self.queue.registry = registry
+
     # --- the slot's figures, kept by the loader ------------------------------------------------
 
     @property

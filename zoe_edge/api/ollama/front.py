@@ -12,11 +12,11 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import ValidationError
 
-from zoe_edge.api.common import REGISTRY, no_embeddings, parse_body
+from zoe_edge.api.common import parse_body, registry_of
 from zoe_edge.api.front import Answer, Front, gateway, serve
-from zoe_edge.api.ollama import listing
+from zoe_edge.api.ollama import embed, listing
 from zoe_edge.api.ollama.requests import ChatRequest, GenerateRequest
-from zoe_edge.canonical import ErrorEvent, Finish, GenerationRequest, TextDelta, ToolCall
+from zoe_edge.canonical import ErrorEvent, Finish, GenerationRequest, ReasoningDelta, TextDelta, ToolCall
 from zoe_edge.errors import InvalidRequest, ZoeError
 from zoe_edge.routing.dispatch import Dispatched
 from zoe_edge.service import Collected, RequestContext, Service
@@ -50,11 +50,14 @@ class OllamaAnswer(Answer):
         self.model = model  # as the client named it
         self.started = started
 
-    def _piece(self, text: str = "", calls: list[ToolCall] | None = None) -> dict[str, Any]:
+    def _piece(self, text: str = "", calls: list[ToolCall] | None = None, thinking: str = "") -> dict[str, Any]:
         head: dict[str, Any] = {"model": self.model, "created_at": now()}
+        # as Ollama: "thinking" only when there is some (the ollama client's types default it to None)
         if self.kind == "generate":
-            return {**head, "response": text}
+            return {**head, "response": text, **({"thinking": thinking} if thinking else {})}
         message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
         if calls:
             message["tool_calls"] = [_call(c) for c in calls]
         return {**head, "message": message}
@@ -74,10 +77,13 @@ class OllamaAnswer(Answer):
         }
 
     def whole(self, answer: Collected) -> dict[str, Any]:
-        return {**self._piece(answer.text, answer.calls), **self._final(answer.finish)}
+        return {**self._piece(answer.text, answer.calls, answer.reasoning), **self._final(answer.finish)}
 
     def text(self, delta: TextDelta) -> list[bytes]:
         return [_line({**self._piece(delta.text), "done": False})]
+
+    def reasoning(self, delta: ReasoningDelta) -> list[bytes]:
+        return [_line({**self._piece(thinking=delta.text), "done": False})]
 
     def call(self, call: ToolCall) -> list[bytes]:
         return [_line({**self._piece("", [call]), "done": False})]
@@ -133,7 +139,7 @@ class OllamaFront(Front[ChatRequest | GenerateRequest]):
             req = None  # what the body would generate does not matter for a load; the name still resolves
         service = gateway(request)
         given, seconds = body.keep_alive_seconds()
-        with listing.known_names(request.app[REGISTRY], body.model):
+        with listing.known_names(registry_of(request.app), body.model):
             if given and seconds == 0:
                 await service.unload(ctx, body.model, req)
                 reason = "unload"
@@ -171,5 +177,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/pull", listing.pull)
     app.router.add_post("/api/chat", chat)
     app.router.add_post("/api/generate", generate)
-    app.router.add_post("/api/embed", no_embeddings)
-    app.router.add_post("/api/embeddings", no_embeddings)
+    app.router.add_post("/api/embed", embed.embed)
+    app.router.add_post("/api/embeddings", embed.embeddings)

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from zoe_edge import __version__
-from zoe_edge.api.common import REGISTRY, SETTINGS, SUPERVISOR, context, read_json
+from zoe_edge.api.common import SETTINGS, SUPERVISOR, context, read_json, registry_of
 from zoe_edge.api.front import gateway
 from zoe_edge.canonical import GenerationRequest
 from zoe_edge.errors import InvalidRequest, ModelNotFound, ServiceUnavailable, ZoeError
@@ -53,7 +53,7 @@ def known_names(registry: Registry, name: str) -> Iterator[None]:
 
 async def resolve_known(request: web.Request, name: str, req: GenerationRequest | None = None) -> Resolved:
     """The gateway's resolver (under the key's rules), with Ollama's wording for an unknown name."""
-    with known_names(request.app[REGISTRY], name):
+    with known_names(registry_of(request.app), name):
         return await gateway(request).resolve(context(request), name, req)
     raise AssertionError("unreachable")  # mypy: known_names re-raises
 
@@ -62,7 +62,7 @@ def _facts(request: web.Request, model: str | None) -> tuple[GGUFInfo | None, fl
     if model is None:
         return None, 0.0
     settings = request.app[SETTINGS]
-    entry = request.app[REGISTRY].models[model]
+    entry = registry_of(request.app).models[model]
     try:
         path = model_path(entry, settings.registry_path.resolve().parent, settings.state_dir)
         return read_gguf(path), path.stat().st_mtime
@@ -97,7 +97,7 @@ def _digest(info: GGUFInfo | None, mtime: float) -> str:
 
 
 def _entry(request: web.Request, name: str) -> dict[str, Any]:
-    info, mtime = _facts(request, _listed_model(request.app[REGISTRY], name))
+    info, mtime = _facts(request, _listed_model(registry_of(request.app), name))
     modified = datetime.fromtimestamp(mtime, timezone.utc) if mtime else datetime.now(timezone.utc)
     return {
         "name": f"{name}:latest",
@@ -110,7 +110,7 @@ def _entry(request: web.Request, name: str) -> dict[str, Any]:
 
 
 async def tags(request: web.Request) -> web.Response:
-    return web.json_response({"models": [_entry(request, n) for n in request.app[REGISTRY].names()]})
+    return web.json_response({"models": [_entry(request, n) for n in registry_of(request.app).names()]})
 
 
 async def ps(request: web.Request) -> web.Response:
@@ -132,7 +132,7 @@ async def ps(request: web.Request) -> web.Response:
             "size": size,
             "size_vram": size if on_gpu else 0,
             "expires_at": expires.isoformat(),
-            "context_length": request.app[REGISTRY].models[model].n_ctx,
+            "context_length": registry_of(request.app).models[model].n_ctx,
         }
     )
     return web.json_response({"models": [entry]})
@@ -142,7 +142,7 @@ async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
     raw = str(body.get("model") or body.get("name") or "") if isinstance(body, dict) else ""
     resolved = await resolve_known(request, raw)
-    registry = request.app[REGISTRY]
+    registry = registry_of(request.app)
     name, model = resolved.name, resolved.model
     info, mtime = _facts(request, model)
     entry = registry.models[model] if model else None
@@ -195,7 +195,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     name = str(body.get("model") or body.get("name") or "")
-    registry = request.app[REGISTRY]
+    registry = registry_of(request.app)
     try:
         # the key's rules first: a limited key learns no other names
         resolved = await gateway(request).resolve(context(request), name)
@@ -245,7 +245,7 @@ async def _pull_lines(request: web.Request, model: str | None) -> AsyncGenerator
     supervisor = request.app[SUPERVISOR]
     budget = supervisor.budget(supervisor.model is not None and supervisor.model != model)
     events = pull_model(
-        model, request.app[REGISTRY], settings.registry_path.resolve().parent, settings.state_dir, budget=budget
+        model, registry_of(request.app), settings.registry_path.resolve().parent, settings.state_dir, budget=budget
     )
     async with contextlib.aclosing(events):
         async for event in events:

@@ -6,8 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from zoe_edge.api.common import REGISTRY, SETTINGS, no_embeddings, parse_body
+from zoe_edge.api.common import SETTINGS, parse_body, registry_of
 from zoe_edge.api.front import Answer, Front, serve
+from zoe_edge.api.openai.embeddings import embeddings
 from zoe_edge.api.openai.render import OpenAIAnswer, error_response
 from zoe_edge.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from zoe_edge.canonical import GenerationRequest
@@ -58,7 +59,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
+    registry = registry_of(request.app)
     settings = request.app[SETTINGS]
     registry_dir = settings.registry_path.resolve().parent
     created: dict[str, int] = {}
@@ -86,4 +87,4 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_get(f"{prefix}/models", list_models)
-        app.router.add_post(f"{prefix}/embeddings", no_embeddings)
+        app.router.add_post(f"{prefix}/embeddings", embeddings)
