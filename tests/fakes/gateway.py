@@ -1,0 +1,65 @@
+"""A scripted stand-in for the service layer, so a front is tested alone: its translation, not the routing.
+
+It implements :class:`zoe_edge.service.Service`: every generation answers with the scripted events
+(or raises the scripted error); lifecycle calls are recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from zoe_edge.cache.config import CacheControls
+from zoe_edge.canonical import Event, GenerationRequest
+from zoe_edge.errors import ZoeError
+from zoe_edge.routing.dispatch import Dispatched
+from zoe_edge.routing.names import Resolved
+from zoe_edge.routing.routes import RoutePlan, Target
+from zoe_edge.service import RequestContext
+
+MODEL = "smollm2-135m"
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.script: list[Event] = []
+        self.raises: ZoeError | None = None
+        self.requests: list[GenerationRequest] = []
+        self.contexts: list[RequestContext] = []
+        self.lifecycle: list[tuple[str, str]] = []  # (action, name)
+        self.kept_alive: list[tuple[str, float | None]] = []
+
+    def _plan(self, name: str) -> RoutePlan:
+        return RoutePlan(name, name, (Target(MODEL),), None, f"{name} (model)")
+
+    async def generate(
+        self, ctx: RequestContext, name: str, req: GenerationRequest, cache: CacheControls | None = None
+    ) -> Dispatched:
+        self.requests.append(req)
+        self.contexts.append(ctx)
+        if self.raises is not None:
+            raise self.raises
+        events = iter(self.script)
+
+        async def rest() -> AsyncGenerator[Event, None]:
+            for event in events:
+                yield event
+
+        return Dispatched(self._plan(name), Target(MODEL), next(events, None), rest())
+
+    async def resolve(self, ctx: RequestContext, name: str, req: GenerationRequest | None = None) -> Resolved:
+        return Resolved(name, name.removesuffix(":latest"), self._plan(name))
+
+    async def load(self, ctx: RequestContext, name: str, req: Any = None, *, require_local: bool = False) -> str:
+        self.lifecycle.append(("load", name))
+        return MODEL
+
+    async def unload(self, ctx: RequestContext, name: str, req: Any = None, *, require_local: bool = False) -> str:
+        self.lifecycle.append(("unload", name))
+        return MODEL
+
+    def keep_alive(self, model: str, seconds: float | None) -> None:
+        self.kept_alive.append((model, seconds))
+
+    async def fit_map(self) -> tuple[dict[str, bool], dict[str, int]]:
+        return {}, {}
