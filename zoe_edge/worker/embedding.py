@@ -35,7 +35,8 @@ def embed(engine: Engine, texts: list[str], truncate: bool) -> Embedded:
             raise RequestRejected(f"input[{i}] has no tokens to embed")
         if n > limit and not truncate:
             raise RequestRejected(
-                f"input[{i}] has {n} tokens, more than the {limit} model {spec.name!r} embeds at once "
+                # "but the model's context is": the wording of a prompt over the context, for the same fault
+                f"input[{i}] has {n} tokens but the model's context is {limit} tokens per embedded input "
                 "(shorten it, or raise n_batch and n_ctx in models.yaml)",
                 "context_length_exceeded",
             )
