@@ -151,11 +151,13 @@ def add_routes(app: web.Application, store: ResponseStore | None = None) -> None
     """The endpoints, and the store (in the state directory unless one is given) closed with the app."""
     app[STORE] = store if store is not None else ResponseStore(app[SETTINGS].state_dir / STORE_FILE)
     app.cleanup_ctx.append(_store_lifetime)
+    # any id text matches (aiohttp's default pattern stops at braces): an id never stored is our 404, not the router's
+    one = "/v1/responses/{response_id:[^/]+}"
     app.router.add_post("/v1/responses", create)
-    app.router.add_get("/v1/responses/{response_id}", retrieve)
-    app.router.add_delete("/v1/responses/{response_id}", delete)
-    app.router.add_post("/v1/responses/{response_id}/cancel", cancel)
-    app.router.add_get("/v1/responses/{response_id}/input_items", input_items)
+    app.router.add_get(one, retrieve)
+    app.router.add_delete(one, delete)
+    app.router.add_post(one + "/cancel", cancel)
+    app.router.add_get(one + "/input_items", input_items)
 
 
 async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
