@@ -156,7 +156,8 @@ class Dispatcher:
             entry = self.registry.models[target.model]
             local = with_model_defaults(req, entry)
             events = self.supervisor.generate(target.model, local, deadline)
-            if entry.reasoning == "none" and local.think is not False:
+            # a raw prompt is the client's own text, not the template's: no block opens where it expects
+            if local.messages is None or (entry.reasoning == "none" and local.think is not False):
                 return events
             return self._reasoned(target.model, entry, local.think, events)
         upstream = self.upstreams[target.provider or ""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 
 from zoe_edge.api.common import Lenient
 from zoe_edge.cache.config import CacheControls
@@ -94,7 +94,9 @@ class _Common(Lenient):
     options: Options = Field(default_factory=Options)
     format: Literal["", "json"] | dict[str, Any] | None = None
     keep_alive: int | float | str | None = None
-    think: bool | str | None = None  # accepted; the local models do not think out loud
+    # a thinking model's block comes back as message.thinking / thinking; false asks for none (the
+    # levels are gpt-oss's, and for other models mean true, as in Ollama)
+    think: StrictBool | Literal["low", "medium", "high"] | None = None
     cache: CacheControls | None = None  # response cache controls, as in the OpenAI dialect
 
     @field_validator("keep_alive", mode="before")
@@ -104,6 +106,10 @@ class _Common(Lenient):
         if isinstance(value, bool):
             raise ValueError("expected a duration such as 300, '5m' or -1, not a boolean")
         return value
+
+    @property
+    def thinks(self) -> bool | None:
+        return self.think if self.think is None or isinstance(self.think, bool) else True
 
     def constraint(self) -> OutputConstraint | None:
         if self.format == "json":
@@ -145,6 +151,7 @@ class ChatRequest(_Common):
             tools=tools,
             stream=self.stream,
             n_ctx=self.options.num_ctx or None,
+            think=self.thinks,
         )
 
 
@@ -166,11 +173,10 @@ class GenerateRequest(_Common):
             "constraint": self.constraint(),
             "stream": self.stream,
             "n_ctx": self.options.num_ctx or None,
+            "think": self.thinks,
         }
         if self.raw:
             return GenerationRequest(prompt=self.prompt, **common)
         messages = [Message(role="system", content=self.system)] if self.system else []
         messages.append(Message(role="user", content=self.prompt))
         return GenerationRequest(messages=messages, **common)
-
-

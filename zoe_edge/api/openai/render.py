@@ -10,7 +10,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from zoe_edge.api.front import Answer
-from zoe_edge.canonical import ErrorEvent, Finish, TextDelta, ToolCall
+from zoe_edge.canonical import ErrorEvent, Finish, ReasoningDelta, TextDelta, ToolCall
 from zoe_edge.errors import ZoeError
 from zoe_edge.service import Collected
 
@@ -97,6 +97,9 @@ class OpenAIAnswer(Answer):
         text, finish, calls = answer.text, answer.finish, answer.calls
         if self.kind == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            if answer.reasoning:
+                # as llama.cpp's server and DeepSeek's API: thinking beside the answer, never in it
+                message["reasoning_content"] = answer.reasoning
             if calls:
                 # OpenAI sends null content beside calls; text before a call is kept when there is some
                 message["content"] = text if text.strip() else None
@@ -115,7 +118,9 @@ class OpenAIAnswer(Answer):
         body["timings"] = finish.timings.per_second(finish.usage)
         return body
 
-    def _chunk(self, text: str | None, finish_reason: str | None, call: ToolCall | None = None) -> bytes:
+    def _chunk(
+        self, text: str | None, finish_reason: str | None, call: ToolCall | None = None, reasoning: str | None = None
+    ) -> bytes:
         first, self.opened = not self.opened, True
         if self.kind == "chat":
             delta: dict[str, Any] = {}
@@ -123,6 +128,8 @@ class OpenAIAnswer(Answer):
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
+            if reasoning is not None:
+                delta["reasoning_content"] = reasoning
             if call is not None:
                 # each call whole in one delta: Home Assistant's home-llm does not stitch fragments
                 delta.update(self._calls([call], with_index=True))
@@ -133,6 +140,11 @@ class OpenAIAnswer(Answer):
 
     def text(self, delta: TextDelta) -> list[bytes]:
         return [self._chunk(delta.text, None)]
+
+    def reasoning(self, delta: ReasoningDelta) -> list[bytes]:
+        if self.kind != "chat":
+            return []  # a text completion has no field for it
+        return [self._chunk(None, None, reasoning=delta.text)]
 
     def call(self, call: ToolCall) -> list[bytes]:
         return [self._chunk(None, None, call=call)]

@@ -214,6 +214,15 @@ class ChatCompletionRequest(_CommonParams):
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDef] | None = Field(default=None, description="legacy form of tools")
     function_call: Literal["auto", "none"] | NamedFunction | None = None
+    # o-series and reasoning models: "none" / "minimal" ask for no thinking; how much beyond that is
+    # the model's own (a local model has no budget knob), so the other levels only allow it
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+
+    @property
+    def think(self) -> bool | None:
+        if self.reasoning_effort is None:
+            return None
+        return self.reasoning_effort not in ("none", "minimal")
 
     @model_validator(mode="after")
     def _one_tool_style(self) -> ChatCompletionRequest:
@@ -258,6 +267,7 @@ class ChatCompletionRequest(_CommonParams):
                 tool_choice=choice,
                 parallel_tool_calls=parallel,
                 stream=self.stream,
+                think=self.think,
             )
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
