@@ -33,6 +33,7 @@ async def test_ollama_client_pulls_a_url_model_with_progress_then_it_serves(
 ) -> None:
     server, url = files
     digest = sha256_of(smollm_path)
+    size = smollm_path.stat().st_size
     fetched = tmp_path / "fetched.gguf"
     registry = write_registry(
         tmp_path,
@@ -50,8 +51,8 @@ async def test_ollama_client_pulls_a_url_model_with_progress_then_it_serves(
         assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
         assert "verifying sha256 digest" in statuses
         progress = [p for p in lines if p.total]
-        assert progress and progress[-1].completed == progress[-1].total == smollm_path.stat().st_size
-        assert fetched.stat().st_size == smollm_path.stat().st_size and sha256_of(fetched) == digest
+        assert progress and progress[-1].completed == progress[-1].total == size
+        assert sha256_of(fetched) == digest  # the whole file, byte for byte
         assert len(server.requests) == 1
         # present now: a second pull downloads nothing and says success at once (as Ollama does)
         assert (await c.pull("fetched")).status == "success"

@@ -79,7 +79,7 @@ CROSS_FIELD = (
 def _cap_tokens(body: Any) -> None:
     if not isinstance(body, dict):
         return
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 8:
             body[key] = 8

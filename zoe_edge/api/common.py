@@ -7,13 +7,15 @@ import collections
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zoe_edge import validation
 from zoe_edge.cache.service import ResponseCache
+from zoe_edge.canonical import GenerationRequest, Sampling
 from zoe_edge.config import Settings
 from zoe_edge.errors import (
     InvalidRequest,
@@ -47,6 +49,39 @@ CONTEXT = web.RequestKey("context", RequestContext)
 class Lenient(BaseModel):
     # clients send fields we do not use (logit_bias, metadata, store, ...); accept and ignore them
     model_config = ConfigDict(extra="ignore")
+
+
+class SamplingFields(Lenient):
+    """The sampling knobs OpenAI and Ollama bodies share (Ollama's under ``options``), with the same bounds."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = None
+    repeat_penalty: float | None = Field(default=None, gt=0.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+    def sampling(self) -> Sampling:
+        fields = self.model_dump(include=set(Sampling.model_fields))
+        if self.seed is not None:
+            fields["seed"] = self.seed % 2**32  # llama.cpp's seed is 32 bits; clients send up to 64
+        return Sampling(**fields)
+
+
+def canonical_request(build: Callable[[], GenerationRequest], format_field: str | None = None) -> GenerationRequest:
+    """The canonical request a body builds; a combination it refuses (a format with tools, a tool_choice naming
+    no offered tool) is the client's mistake: a 400 naming the field. ``format_field``: how the front calls
+    what the canonical request calls ``response_format``."""
+    try:
+        return build()
+    except ValidationError as exc:
+        msg = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        param = "tool_choice" if "tool" in msg else None
+        if format_field is not None and "response_format" in msg:
+            msg, param = f"{format_field}: {msg}", format_field
+        raise InvalidRequest(msg, param=param, code="invalid_value") from None
 
 
 def registry_of(app: web.Application) -> Registry:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import ValidationError
 
-from zoe_edge.api.common import parse_body, registry_of
+from zoe_edge.api.common import canonical_request, parse_body, registry_of
 from zoe_edge.api.front import Answer, Front, gateway, serve
 from zoe_edge.api.ollama import embed, listing
 from zoe_edge.api.ollama.requests import ChatRequest, GenerateRequest
@@ -107,12 +107,7 @@ class OllamaFront(Front[ChatRequest | GenerateRequest]):
 
     def canonical(self, body: ChatRequest | GenerateRequest) -> GenerationRequest:
         body.keep_alive_seconds()  # a bad keep_alive is a 400 before anything is routed
-        try:
-            return body.to_canonical()
-        except ValidationError as exc:
-            # a combination the canonical request refuses (format with tools): the client's mistake, a 400
-            problem = exc.errors(include_url=False)[0]["msg"]
-            raise InvalidRequest(problem.removeprefix("Value error, "), code="invalid_value") from None
+        return canonical_request(body.to_canonical)
 
     def answer(self, ctx: RequestContext, body: ChatRequest | GenerateRequest, dispatched: Dispatched) -> Answer:
         return OllamaAnswer(self.kind, body.model, ctx.started)

@@ -6,37 +6,17 @@ from typing import Any, Literal
 
 from pydantic import Field, StrictBool, field_validator
 
-from zoe_edge.api.common import Lenient
+from zoe_edge.api.common import Lenient, SamplingFields
 from zoe_edge.cache.config import CacheControls
-from zoe_edge.canonical import GenerationRequest, Message, OutputConstraint, Sampling, Tool, ToolCallRef
+from zoe_edge.canonical import GenerationRequest, Message, OutputConstraint, Tool, ToolCallRef
 from zoe_edge.errors import InvalidRequest
 from zoe_edge.registry import parse_duration
 
 
-class Options(Lenient):
+class Options(SamplingFields):
     num_ctx: int | None = Field(default=None, ge=0)
     num_predict: int | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = None
     stop: list[str] | None = None
-    repeat_penalty: float | None = Field(default=None, gt=0.0)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-
-    def sampling(self) -> Sampling:
-        return Sampling(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            repeat_penalty=self.repeat_penalty,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            seed=None if self.seed is None else self.seed % 2**32,
-        )
 
     def max_tokens(self) -> int | None:
         # Ollama: -1 = until the model stops, -2 = fill the context; both mean "no cap of our own"

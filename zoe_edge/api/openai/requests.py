@@ -6,16 +6,15 @@ import json
 import logging
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from zoe_edge.api.common import Lenient
+from zoe_edge.api.common import Lenient, SamplingFields, canonical_request
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     TOOL_NAME,
     GenerationRequest,
     Message,
     OutputConstraint,
-    Sampling,
     Tool,
     ToolCallRef,
     ToolChoice,
@@ -151,23 +150,16 @@ class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class _CommonParams(Lenient):
+class _CommonParams(SamplingFields):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     stop: list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # int64 or uint64, as OpenAI accepts
     n: int = Field(default=1, ge=1, le=1, description="one choice per request: the model decodes one sequence")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
-    # llama.cpp-server extensions that OpenAI clients pass through extra_body
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repeat_penalty: float | None = Field(default=None, gt=0.0)
+    # top_k, min_p, repeat_penalty: llama.cpp-server extensions OpenAI clients pass through extra_body
     # LiteLLM-style response cache controls: {"no-cache": true, "no-store": true, "ttl": 60}
     cache: CacheControls | None = None
 
@@ -186,18 +178,6 @@ class _CommonParams(Lenient):
             if any(not s for s in value):
                 raise ValueError("stop sequences must not be empty")
         return value
-
-    def sampling(self) -> Sampling:
-        return Sampling(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            repeat_penalty=self.repeat_penalty,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            seed=None if self.seed is None else self.seed % 2**32,
-        )
 
     @property
     def include_usage(self) -> bool:
@@ -255,8 +235,8 @@ class ChatCompletionRequest(_CommonParams):
     def to_canonical(self) -> GenerationRequest:
         messages = [m.to_canonical(f"messages[{i}]") for i, m in enumerate(self.messages)]
         tools, choice, parallel = self._tools()
-        try:
-            return GenerationRequest(
+        return canonical_request(
+            lambda: GenerationRequest(
                 model=self.model,
                 messages=messages,
                 max_tokens=self.max_completion_tokens or self.max_tokens,
@@ -269,12 +249,7 @@ class ChatCompletionRequest(_CommonParams):
                 stream=self.stream,
                 think=self.think,
             )
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            param = "tool_choice" if "tool" in first["msg"] else None
-            raise InvalidRequest(
-                first["msg"].removeprefix("Value error, "), param=param, code="invalid_value"
-            ) from None
+        )
 
 
 class CompletionRequest(_CommonParams):
