@@ -3,6 +3,7 @@ model with a ``url`` is downloaded from a real loopback HTTP server, verified, a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,8 +33,7 @@ async def test_ollama_client_pulls_a_url_model_with_progress_then_it_serves(
     files: tuple[FileServer, str], smollm_path: Path, tmp_path: Path
 ) -> None:
     server, url = files
-    digest = sha256_of(smollm_path)
-    size = smollm_path.stat().st_size
+    digest, size = await asyncio.to_thread(lambda: (sha256_of(smollm_path), smollm_path.stat().st_size))
     fetched = tmp_path / "fetched.gguf"
     registry = write_registry(
         tmp_path,
