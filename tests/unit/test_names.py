@@ -97,7 +97,7 @@ def _calls(tree: ast.AST) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(API.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(API.rglob("*.py")), ids=lambda p: str(p.relative_to(API)))
 def test_the_fronts_resolve_names_only_through_the_one_resolver(path: Path) -> None:
     """No second resolver in the API layer: no planner call, no registry lookup of its own."""
     calls = _calls(ast.parse(path.read_text()))
