@@ -154,6 +154,9 @@ def start_daemon(
         **os.environ,
         "ZOE_STATE_DIR": str(state_dir()),
         "ZOE_USAGE_DB": str(tmp / "usage.sqlite3"),
+        # prefix snapshots on disk would carry one test's prompts into the next test's fresh worker
+        # through the shared state dir; tests/test_prefix_persist.py turns them on in a dir of its own
+        "ZOE_PREFIX_PERSIST": "0",
         **(env or {}),
     }
     full_env.pop("ZOE_API_KEY", None)

@@ -144,6 +144,9 @@ class Worker:
             log.error("load failed: %s", reason)
             self._send(conn, {"t": "error", "message": reason, "code": "model_load_failed", "status": 503})
             return
+        from zoe_edge.worker import snapshots
+
+        snapshots.attach(self.engine)  # the long prompts a previous worker of this model left on disk
         self._send(conn, {"t": "loaded", "info": self.engine.info(os.getpid()).model_dump()})
 
     def _generate(self, conn: socket.socket, request: dict[str, Any]) -> None:
@@ -225,7 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Worker(args.socket).serve()
+    worker = Worker(args.socket)
+    try:
+        worker.serve()
+    finally:
+        # a clean end (the shutdown op, SIGTERM on a swap or unload) keeps the long prompts for the next worker
+        from zoe_edge.worker import snapshots
+
+        snapshots.persist(worker.engine)
     return 0
 
 

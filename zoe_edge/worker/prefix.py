@@ -12,8 +12,10 @@ processing on a board. Before a prompt is evaluated the engine asks :func:`decid
   back (28 ms for 2k tokens) and let ``Llama.generate``'s own prefix match evaluate the rest.
 
 A request that continues the previous one (the common case without interleaving) matches the live
-KV and costs nothing but a comparison. Snapshots live in this process only, bounded in bytes by
-the supervisor's plan and evicted least recently used first; they die with the worker on a swap.
+KV and costs nothing but a comparison. Snapshots live in this process, bounded in bytes by the
+supervisor's plan and evicted least recently used first. A worker that ends cleanly (a swap, an
+unload) writes the long ones to disk (:mod:`zoe_edge.worker.snapshots`); the next worker of the same
+model knows them by their headers and reads one back only when a prompt wants it (``disk_*`` figures).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zoe_edge.worker.llama_compat import Model
+    from zoe_edge.worker.snapshots import Entry, SnapshotStore
 
 log = logging.getLogger("zoe_edge.worker")
 
@@ -109,6 +113,12 @@ class PrefixCache:
         self.failures = 0
         self.last_save_ms = 0.0
         self.last_restore_ms = 0.0
+        self.store: SnapshotStore | None = None
+        # snapshots a previous worker left on disk, under negative keys (the RAM ones count up from 0)
+        self._disk: dict[int, Entry] = {}
+        self.disk_restores = 0
+        self.disk_failures = 0
+        self.disk_written = 0
 
     @property
     def enabled(self) -> bool:
@@ -130,16 +140,26 @@ class PrefixCache:
             "failures": self.failures,
             "last_save_ms": round(self.last_save_ms, 3),
             "last_restore_ms": round(self.last_restore_ms, 3),
+            "disk_snapshots": len(self._disk),
+            "disk_restores": self.disk_restores,
+            "disk_failures": self.disk_failures + (self.store.deleted if self.store else 0),
         }
+
+    def attach_store(self, store: SnapshotStore) -> None:
+        """Know the snapshots on disk for this model (headers only; a payload is read when restored)."""
+        self.store = store
+        self._disk = {-1 - i: entry for i, entry in enumerate(store.scan())}
+        if self._disk:
+            log.info("prefix cache: %d snapshots on disk for this model", len(self._disk))
 
     def prepare(self, prompt: Sequence[int]) -> Decision | None:
         """Arrange the KV cache so that ``prompt`` finds its longest known prefix; before ``generate``."""
         if not self.enabled:
             return None
         live = self.llm.cached_tokens()
-        decision = decide(
-            live, self.live_prompt_len, prompt, {k: s.tokens for k, s in self._snapshots.items()}, self.min_tokens
-        )
+        known: dict[int, Sequence[int]] = {k: s.tokens for k, s in self._snapshots.items()}
+        known.update((k, e.tokens) for k, e in self._disk.items())
+        decision = decide(live, self.live_prompt_len, prompt, known, self.min_tokens)
         if decision.save:
             self._save(live, keep=decision.restore)
         if decision.restore is not None:
@@ -187,7 +207,7 @@ class PrefixCache:
 
     def _make_room(self, size: int, keep: int | None) -> bool:
         """Evict least recently used snapshots (never ``keep``) until ``size`` more bytes fit."""
-        reserved = self._snapshots[keep].size if keep is not None else 0
+        reserved = self._snapshots[keep].size if keep is not None and keep in self._snapshots else 0
         if size + reserved > self.budget_bytes:
             return False
         for key in list(self._snapshots):
@@ -198,9 +218,39 @@ class PrefixCache:
                 self.evictions += 1
         return True
 
+    def _from_disk(self, key: int) -> Snapshot | None:
+        """Read a disk snapshot and keep it in RAM too when it fits; ``None`` when the file is not intact."""
+        entry = self._disk.pop(key)
+        assert self.store is not None
+        started = time.perf_counter()
+        data = self.store.read(entry)
+        if data is None:
+            self.disk_failures += 1
+            return None
+        snap = Snapshot(entry.tokens, entry.prompt_len, data, entry.size)
+        if self._make_room(snap.size, None):
+            new_key, self._next_key = self._next_key, self._next_key + 1
+            self._snapshots[new_key] = snap
+        log.info(
+            "prefix cache: read a %d-token snapshot (%.1f MB) from disk in %.0f ms",
+            len(snap.tokens),
+            snap.size / 1e6,
+            (time.perf_counter() - started) * 1000.0,
+        )
+        return snap
+
     def _restore(self, key: int) -> None:
-        snap = self._snapshots[key]
-        self._snapshots.move_to_end(key)
+        from_disk = key < 0
+        disk_path = self._disk[key].path if from_disk else None
+        if from_disk:
+            found = self._from_disk(key)
+            if found is None:
+                return  # the prompt is evaluated in full, as without a snapshot
+            snap = found
+            key = next((k for k, s in self._snapshots.items() if s is snap), key)
+        else:
+            snap = self._snapshots[key]
+            self._snapshots.move_to_end(key)
         llm = self.llm
         started = time.perf_counter()
         llm.kv_remove_from(0)
@@ -210,12 +260,53 @@ class PrefixCache:
             # the KV is in an unknown state: clear it, and the prompt is evaluated in full
             llm.kv_remove_from(0)
             self.failures += 1
-            del self._snapshots[key]
+            self._snapshots.pop(key, None)
             log.warning("prefix cache: llama.cpp rejected a snapshot (%d of %d bytes read)", read, snap.size)
+            if disk_path is not None and self.store is not None:
+                self.disk_failures += 1
+                self.store.discard(disk_path, "llama.cpp rejected its state")
             return
         n = len(snap.tokens)
         llm.adopt_tokens(snap.tokens)  # the logits are stale: generate re-evaluates at least one token
         self.live_prompt_len = snap.prompt_len
         self.restores += 1
+        self.disk_restores += from_disk
         self.last_restore_ms = (time.perf_counter() - started) * 1000.0
         log.info("prefix cache: restored %d tokens in %.0f ms", n, self.last_restore_ms)
+
+    def persist(self, budget_s: float) -> int:
+        """Write the live KV and the RAM snapshots of long prompts to the store, newest first; files written.
+
+        Called once, as the worker ends. Stops after ``budget_s`` seconds (the daemon's grace before
+        it kills us) and as soon as the store's bounds would evict what this call already wrote.
+        """
+        store = self.store
+        if store is None or not self.enabled:
+            return 0
+        started = time.perf_counter()
+        live = self.llm.cached_tokens()
+        live_prompt = min(self.live_prompt_len, len(live))
+        pending: list[Snapshot] = []
+        if live_prompt >= self.min_tokens:
+            # the live KV is usually the very prompt the next worker wants (the last voice turn)
+            self.llm.kv_remove_from(len(live))
+            data, written = self.llm.seq_state_save(self.llm.seq_state_size())
+            if written > 0:
+                pending.append(Snapshot(tuple(live), live_prompt, data, written))
+        pending.extend(s for s in reversed(self._snapshots.values()) if s.prompt_len >= self.min_tokens)
+        kept: set[Path] = set()
+        for snap in pending:
+            if time.perf_counter() - started > budget_s:
+                log.warning("prefix cache: out of time; %d snapshots not written", len(pending) - len(kept))
+                break
+            path = store.write(snap.tokens, snap.prompt_len, snap.data, snap.size, kept)
+            if path is not None:  # else too big for the bounds, or they would evict a newer one
+                kept.add(path)
+        self.disk_written = len(kept)
+        if kept:
+            log.info(
+                "prefix cache: %d snapshots on disk for the next worker (%.0f ms)",
+                len(kept),
+                (time.perf_counter() - started) * 1000.0,
+            )
+        return len(kept)
