@@ -124,7 +124,7 @@ class ToolIn(Lenient):
 
 class ToolChoiceIn(Lenient):
     type: Literal["auto", "any", "tool", "none"]
-    name: str | None = None
+    name: str | None = Field(default=None, min_length=1)
     disable_parallel_tool_use: bool | None = None
 
     def canonical(self) -> ToolChoice:
