@@ -27,10 +27,10 @@ from zoe_edge.canonical import Event, Finish, GenerationRequest, ReasoningDelta,
 from zoe_edge.config import Settings
 from zoe_edge.routing.dispatch import Dispatched
 from zoe_edge.routing.names import Resolved
+from zoe_edge.routing.reasoning import ReasoningSetup, detect, split_reasoning
 from zoe_edge.routing.routes import RoutePlan, Target
 from zoe_edge.service import RequestContext
 from zoe_edge.service.gateway import Embedded
-from zoe_edge.service.reasoning import ReasoningSetup, detect, split_reasoning
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reasoning"
 QWEN3 = detect((FIXTURES / "qwen3.jinja").read_text(encoding="utf-8"))

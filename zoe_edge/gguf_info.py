@@ -261,3 +261,15 @@ def read_gguf(path: Path) -> GGUFInfo:
             raise GGUFError(f"model file {path} cannot be read: {exc.strerror}") from None
         _cache[key] = info
         return info
+
+
+def read_chat_template(path: Path) -> str | None:
+    """The chat template in a GGUF's metadata (:class:`GGUFInfo` keeps only whether there is one)."""
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            meta = _parse(view)[0]
+        finally:
+            view.release()
+    template = meta.get("tokenizer.chat_template")
+    return template if isinstance(template, str) else None

@@ -128,7 +128,7 @@ def check_accepted(path: str, status: int, content: bytes) -> None:
     if status < 400 or status in (404, 413, *DOCUMENTED_5XX):  # 413: the daemon's body limit, not the schema's
         return
     body = json.loads(content)
-    error = body["error"] if isinstance(body["error"], str) else body["error"]["message"]
+    error = body["error"] if isinstance(body["error"], str) else body["error"]["message"]  # Ollama / OpenAI, Anthropic
     assert status == 400 and any(rule in error for rule in CROSS_FIELD), (path, status, error[:300])
 
 
@@ -137,6 +137,9 @@ def check_error_shape(path: str, status: int, content: bytes) -> None:
     body = json.loads(content)
     if path.startswith("/api/") and not path.startswith("/api/telemetry"):
         assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+    elif path.startswith("/v1/messages"):
+        assert body["type"] == "error" and set(body) <= {"type", "error", "request_id"}, body
+        assert set(body["error"]) == {"type", "message"} and body["error"]["message"], body
     else:
         assert set(body) == {"error"}, body
         assert set(body["error"]) == {"message", "type", "param", "code"}, body

@@ -354,3 +354,9 @@ def test_cache_off_is_a_bypass_without_a_key() -> None:
         assert looked.status == "bypass" and looked.key is None and service.status()["backend"] == "off"
 
     asyncio.run(run())
+
+
+def test_asking_not_to_think_is_another_answer() -> None:
+    """A think-false request must not replay an answer that included thinking (or the other way round)."""
+    assert key_of("chat", chat(think=False)) != key_of("chat", chat())
+    assert key_of("chat", chat(think=True)) != key_of("chat", chat(think=False))

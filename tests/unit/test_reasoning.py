@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zoe_edge.canonical import ErrorEvent, Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
-from zoe_edge.service.reasoning import (
+from zoe_edge.routing.reasoning import (
     NO_SPLIT,
     SEED_THINK,
     THINK,
@@ -112,9 +112,9 @@ def test_registry_modes() -> None:
 
 
 def test_smollm2_template_has_no_reasoning(smollm_path: Path) -> None:
-    from zoe_edge.routing.dispatch import gguf_chat_template
+    from zoe_edge.gguf_info import read_chat_template
 
-    real = gguf_chat_template(smollm_path)
+    real = read_chat_template(smollm_path)
     assert real is not None and "<|im_start|>" in real
     assert detect(real).tags is None
 

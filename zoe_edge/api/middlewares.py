@@ -266,7 +266,7 @@ async def drain_guard(request: web.Request, handler: Handler) -> web.StreamRespo
 
 # the methods and request headers a browser may use cross-origin; the admin API is never offered
 CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, X-Request-Id, X-Zoe-Deadline"
+CORS_HEADERS = "Authorization, Content-Type, X-Request-Id, X-Zoe-Deadline, X-Api-Key, Anthropic-Version"
 
 
 def _cors_origin(request: web.Request) -> str | None:

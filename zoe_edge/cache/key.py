@@ -19,12 +19,12 @@ from zoe_edge.routing.dispatch import apply_route_params
 from zoe_edge.routing.resolve import with_model_defaults
 from zoe_edge.routing.routes import RoutePlan, Target
 
-KEY_VERSION = 1  # bump when the material below changes meaning, so old Redis entries stop matching
+KEY_VERSION = 2  # bump when the material below changes meaning, so old Redis entries stop matching
 
 # the request fields that change what the model says; sampling and max_tokens are per target
-_REQUEST_FIELDS = {"messages", "prompt", "stop", "constraint", "tools", "tool_choice", "parallel_tool_calls"}
+_REQUEST_FIELDS = {"messages", "prompt", "stop", "constraint", "tools", "tool_choice", "parallel_tool_calls", "think"}
 # the registry fields of a local model that change its output (not threads, batch, ttl, offload)
-_MODEL_FIELDS = {"file", "chat_format", "tool_format", "n_ctx", "kv_cache_type"}
+_MODEL_FIELDS = {"file", "chat_format", "tool_format", "n_ctx", "kv_cache_type", "reasoning"}
 
 
 @dataclass(frozen=True)

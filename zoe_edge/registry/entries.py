@@ -67,7 +67,7 @@ class ModelEntry(BaseModel):
     # the syntax the model emits tool calls in; auto reads it from a tool-aware chat template
     tool_format: Literal["auto", "hermes", "llama3", "mistral", "generic"] = "auto"
     # where its thinking is told apart from its answer: think-tags (a <think>...</think> block), none
-    # (never split), auto (think-tags when the chat template has them); see zoe_edge.service.reasoning
+    # (never split), auto (think-tags when the chat template has them); see zoe_edge.routing.reasoning
     reasoning: Literal["auto", "think-tags", "none"] = "auto"
     max_tokens: int = Field(default=512, ge=1)
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.95, top_k=40, min_p=0.05))

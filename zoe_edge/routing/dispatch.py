@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mmap
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from zoe_edge.assist import TurnPlan, plan_turn
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, Usage
 from zoe_edge.errors import Failure, ServiceUnavailable, TooManyRequests, ZoeError
-from zoe_edge.gguf_info import GGUFError
+from zoe_edge.gguf_info import GGUFError, read_chat_template
 from zoe_edge.registry import ModelEntry, Registry
+from zoe_edge.routing.reasoning import NO_SPLIT, ReasoningSetup, resolve, split_reasoning
 from zoe_edge.routing.resolve import with_model_defaults
 from zoe_edge.routing.routes import RoutePlan, Skip, Target, effective_tool_choice, fallback_reason, thermal_skip
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.supervisor.planner import ContextDecision
 from zoe_edge.worker.templates import bundled_template
-
-if TYPE_CHECKING:
-    from zoe_edge.service.reasoning import ReasoningSetup
 
 log = logging.getLogger("zoe_edge.routing")
 
@@ -101,20 +98,6 @@ async def _spoken(text: str) -> AsyncGenerator[Event, None]:
     yield Finish("stop", Usage(0, 0))
 
 
-def gguf_chat_template(path: Path) -> str | None:
-    """The chat template in a GGUF's metadata (``gguf_info`` keeps only whether there is one)."""
-    from zoe_edge.gguf_info import _parse
-
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        view = memoryview(mm)
-        try:
-            meta = _parse(view)[0]
-        finally:
-            view.release()
-    template = meta.get("tokenizer.chat_template")
-    return template if isinstance(template, str) else None
-
-
 async def _chain(first: Event, rest: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
     yield first
     async for event in rest:
@@ -140,20 +123,20 @@ class Dispatcher:
         # per model file version and registry options: the template is read from the GGUF once
         self._reasoning: dict[tuple[object, ...], ReasoningSetup] = {}
 
-    def _turn(self, req: GenerationRequest) -> TurnPlan:
-        settings = self.registry.assist
+    def _turn(self, req: GenerationRequest, registry: Registry) -> TurnPlan:
+        settings = registry.assist
         if not settings.enabled:
             return TurnPlan(req, "assist planning is off", applied=False)
         return plan_turn(req, settings.answers)
 
     def _open(
-        self, target: Target, req: GenerationRequest, deadline: float | None, turn: TurnPlan
+        self, target: Target, req: GenerationRequest, deadline: float | None, turn: TurnPlan, registry: Registry
     ) -> AsyncGenerator[Event, None]:
         if target.local:
             # cloud models plan their own turns; the planner shapes what a small local model is asked
             if turn.answer is not None:
                 return _spoken(turn.answer)
-            entry = self.registry.models[target.model]
+            entry = registry.models[target.model]
             local = with_model_defaults(req, entry)
             events = self.supervisor.generate(target.model, local, deadline)
             # a raw prompt is the client's own text, not the template's: no block opens where it expects
@@ -171,9 +154,6 @@ class Dispatcher:
         The template is looked up once the first event came: the model is loaded by then, so its file
         is in place (looking earlier could start assembling a packaged model beside the loader).
         """
-        # zoe_edge.service imports this module (its gateway dispatches): import its reasoning at call time
-        from zoe_edge.service.reasoning import split_reasoning
-
         async with aclosing(events) as source:
             first = await anext(source, None)
             if first is None:
@@ -184,8 +164,6 @@ class Dispatcher:
                 yield event
 
     async def _reasoning_setup(self, model: str, entry: ModelEntry) -> ReasoningSetup:
-        from zoe_edge.service.reasoning import NO_SPLIT, resolve
-
         if entry.reasoning == "none":
             return NO_SPLIT
         path: Path | None = None
@@ -193,7 +171,7 @@ class Dispatcher:
             try:
                 path = self.supervisor.model_file(model)
                 stat = path.stat()
-            except (OSError, ValueError, ImportError):
+            except (OSError, ValueError, ImportError, KeyError):  # KeyError: a reload removed the model
                 return resolve(entry.reasoning, None)
             key: tuple[object, ...] = (entry.reasoning, str(path), stat.st_size, stat.st_mtime_ns)
         else:
@@ -207,12 +185,10 @@ class Dispatcher:
 
     @staticmethod
     def _read_setup(entry: ModelEntry, path: Path | None) -> ReasoningSetup:
-        from zoe_edge.service.reasoning import resolve
-
         if path is None:
             return resolve(entry.reasoning, bundled_template(entry.chat_format))
         try:
-            template = gguf_chat_template(path)
+            template = read_chat_template(path)
         except (OSError, ValueError, GGUFError) as exc:
             log.warning("chat template of %s unreadable (%s): reasoning not split", path, exc)
             template = None
@@ -241,6 +217,7 @@ class Dispatcher:
         deadline: float | None = None,
         local_only: str | None = None,
         retry_after: float = 3600.0,
+        registry: Registry | None = None,
     ) -> Dispatched:
         """The first target that starts answering, with its first event already read.
 
@@ -248,14 +225,16 @@ class Dispatcher:
         :class:`ServiceUnavailable` listing every target and why when none could serve.
         ``local_only`` (why, e.g. a key over its daily budget) skips every cloud target; a plan with
         no local target then is a 429 that says why and when the budget renews (``retry_after``).
+        ``registry``: the one the plan was made with (a reload may have replaced the dispatcher's since).
         """
+        registry = registry if registry is not None else self.registry
         if local_only is not None and not any(t.local for t in plan.targets):
             raise TooManyRequests(
                 f"{plan.route!r} has only cloud targets and {local_only}",
                 code="budget_exceeded",
                 retry_after=retry_after,
             )
-        turn = self._turn(req)
+        turn = self._turn(req, registry)
         local_req = apply_route_params(turn.request, plan, planned_turn=turn.applied)
         req = apply_route_params(req, plan)
         wait = deadline if deadline is not None else plan.deadline
@@ -273,7 +252,7 @@ class Dispatcher:
                 if alone:
                     raise ServiceUnavailable(str(unusable), code=unusable.kind, retry_after=60)
                 continue
-            events = self._open(target, local_req if target.local else req, wait, turn)
+            events = self._open(target, local_req if target.local else req, wait, turn, registry)
             try:
                 first = await anext(events, None)
             except ZoeError as exc:

@@ -109,21 +109,22 @@ class Gateway:
         return (await self._resolve(ctx, name, req))[0]
 
     async def _resolve(
-        self, ctx: RequestContext, name: str, req: GenerationRequest | None
+        self, ctx: RequestContext, name: str, req: GenerationRequest | None, registry: Registry | None = None
     ) -> tuple[Resolved, str | None]:
         """The key's checks run first, on the registry name (``name`` or ``name:latest``): 403 for a name the
         key may not use (an unknown one included, so a limited key learns no other names), 429 over its rpm /
         tpm, each such request counted. Returns the resolution and, when the key is over its daily budget,
         why it must stay local."""
-        canonical = registry_name(self.registry, name)
+        registry = registry if registry is not None else self.registry
+        canonical = registry_name(registry, name)
         local_only = None
         if ctx.key is not None and self.observer is not None:
             local_only = self.check_key(ctx.key, canonical)
         fits: dict[str, bool] | None = None
         sizes: dict[str, int] | None = None
-        if has_selection(self.registry, canonical):
+        if has_selection(registry, canonical):
             fits, sizes = await self.fit_map()
-        return resolve_name(self.registry, name, req, fits, sizes), local_only
+        return resolve_name(registry, name, req, fits, sizes), local_only
 
     def check_key(self, key: ClientKey, name: str) -> str | None:
         """Carry out a key's rules for asking for ``name``: 403, 429, or why it must stay local (budget)."""
@@ -180,9 +181,11 @@ class Gateway:
         the body's cache controls; the request's ``Cache-Control`` header comes with ``ctx``.
         """
         rec = ctx.usage
+        # one registry for the whole request, though a reload may replace the gateway's meanwhile
+        registry = self.registry
         if rec is not None:
-            rec.requested = registry_name(self.registry, name)
-        resolved, local_only = await self._resolve(ctx, name, req)
+            rec.requested = registry_name(registry, name)
+        resolved, local_only = await self._resolve(ctx, name, req, registry)
         plan = resolved.plan
         req = req.model_copy(update={"model": resolved.name})
         if rec is not None:
@@ -199,7 +202,7 @@ class Gateway:
                 looked,
                 plan,
                 lambda: self.dispatcher.dispatch(
-                    plan, req, ctx.deadline, local_only, retry_after=seconds_to_midnight(time.time())
+                    plan, req, ctx.deadline, local_only, retry_after=seconds_to_midnight(time.time()), registry=registry
                 ),
             )
         except ZoeError as exc:
