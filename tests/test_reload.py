@@ -35,7 +35,7 @@ def _exec_reload(pid: int) -> None:
     subprocess.run(argv, check=True)
 
 
-def _wait_for(check: object, timeout: float = 10.0) -> None:
+def _wait_for(check: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
@@ -55,7 +55,7 @@ def test_reload_adds_an_alias_while_a_stream_runs_and_refuses_a_bad_edit(tmp_pat
         chunks: list[str] = []
 
         def stream() -> None:
-            body = {"model": "zoe-chat", "messages": [LONG], "max_tokens": 64, "stream": True}
+            body = {"model": "zoe-chat", "messages": [LONG], "max_tokens": 256, "stream": True}
             with httpx.stream("POST", d.v1 + "/chat/completions", json=body, timeout=120) as r:
                 chunks.extend(line for line in r.iter_lines() if line)
 
