@@ -246,5 +246,5 @@ def test_a_corrupt_file_found_on_restore_means_a_cold_prompt(tmp_path: Path, mod
     fresh = cache_with_store(tmp_path, model_file, new)
     decision = fresh.prepare([*system, 5])
     assert decision is not None and new.tokens == []  # nothing restored: generate evaluates it all
-    assert fresh.stats()["disk_failures"] >= 1 and fresh.stats()["disk_restores"] == 0
+    assert fresh.stats()["disk_discarded"] == 1 and fresh.stats()["disk_restores"] == 0
     assert not path.exists()

@@ -117,8 +117,6 @@ class PrefixCache:
         # snapshots a previous worker left on disk, under negative keys (the RAM ones count up from 0)
         self._disk: dict[int, Entry] = {}
         self.disk_restores = 0
-        self.disk_failures = 0
-        self.disk_written = 0
 
     @property
     def enabled(self) -> bool:
@@ -142,7 +140,8 @@ class PrefixCache:
             "last_restore_ms": round(self.last_restore_ms, 3),
             "disk_snapshots": len(self._disk),
             "disk_restores": self.disk_restores,
-            "disk_failures": self.disk_failures + (self.store.deleted if self.store else 0),
+            # files found corrupt, truncated or stale (another llama.cpp, a changed model file) and deleted
+            "disk_discarded": self.store.deleted if self.store else 0,
         }
 
     def attach_store(self, store: SnapshotStore) -> None:
@@ -225,7 +224,6 @@ class PrefixCache:
         started = time.perf_counter()
         data = self.store.read(entry)
         if data is None:
-            self.disk_failures += 1
             return None
         snap = Snapshot(entry.tokens, entry.prompt_len, data, entry.size)
         if self._make_room(snap.size, None):
@@ -263,7 +261,6 @@ class PrefixCache:
             self._snapshots.pop(key, None)
             log.warning("prefix cache: llama.cpp rejected a snapshot (%d of %d bytes read)", read, snap.size)
             if disk_path is not None and self.store is not None:
-                self.disk_failures += 1
                 self.store.discard(disk_path, "llama.cpp rejected its state")
             return
         n = len(snap.tokens)
@@ -302,7 +299,6 @@ class PrefixCache:
             path = store.write(snap.tokens, snap.prompt_len, snap.data, snap.size, kept)
             if path is not None:  # else too big for the bounds, or they would evict a newer one
                 kept.add(path)
-        self.disk_written = len(kept)
         if kept:
             log.info(
                 "prefix cache: %d snapshots on disk for the next worker (%.0f ms)",
