@@ -70,6 +70,21 @@ class SamplingFields(Lenient):
         return Sampling(**fields)
 
 
+def parse_arguments(arguments: str | dict[str, Any], where: str) -> dict[str, Any]:
+    """Tool-call arguments as OpenAI sends them (a JSON-encoded object), or the object some clients send."""
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments.strip():
+        return {}
+    try:
+        value = json.loads(arguments)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where}: must be a JSON object encoded as a string", param=where)
+    return value
+
+
 def canonical_request(build: Callable[[], GenerationRequest], format_field: str | None = None) -> GenerationRequest:
     """The canonical request a body builds; a combination it refuses (a format with tools, a tool_choice naming
     no offered tool) is the client's mistake: a 400 naming the field. ``format_field``: how the front calls

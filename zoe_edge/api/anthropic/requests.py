@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from zoe_edge.api.common import Lenient
+from zoe_edge.api.common import Lenient, canonical_request
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     TOOL_NAME,
@@ -184,10 +184,11 @@ class CountTokensRequest(Lenient):
         return self._canonical()
 
     def _canonical(self, **fields: Any) -> GenerationRequest:
-        try:
-            return GenerationRequest(
+        messages = self.messages_canonical()
+        return canonical_request(
+            lambda: GenerationRequest(
                 model=self.model,
-                messages=self.messages_canonical(),
+                messages=messages,
                 tools=[t.tool() for t in self.tools or []],
                 tool_choice=self.tool_choice.canonical() if self.tool_choice else ToolChoice(),
                 parallel_tool_calls=self.parallel(),
@@ -195,12 +196,7 @@ class CountTokensRequest(Lenient):
                 stream=self.stream,
                 **fields,
             )
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            param = "tool_choice" if "tool" in first["msg"] else None
-            raise InvalidRequest(
-                first["msg"].removeprefix("Value error, "), param=param, code="invalid_value"
-            ) from None
+        )
 
 
 class MessagesRequest(CountTokensRequest):

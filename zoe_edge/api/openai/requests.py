@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from zoe_edge.api.common import Lenient, SamplingFields, canonical_request
+from zoe_edge.api.common import Lenient, SamplingFields, canonical_request, parse_arguments
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     TOOL_NAME,
@@ -19,7 +18,6 @@ from zoe_edge.canonical import (
     ToolCallRef,
     ToolChoice,
 )
-from zoe_edge.errors import InvalidRequest
 
 log = logging.getLogger("zoe_edge.api")
 
@@ -39,17 +37,7 @@ class FunctionCallIn(Lenient):
     arguments: str | dict[str, Any] = ""
 
     def parsed_arguments(self, where: str) -> dict[str, Any]:
-        if isinstance(self.arguments, dict):
-            return self.arguments
-        if not self.arguments.strip():
-            return {}
-        try:
-            value = json.loads(self.arguments)
-        except (ValueError, RecursionError):
-            value = None
-        if not isinstance(value, dict):
-            raise InvalidRequest(f"{where}: arguments must be a JSON object encoded as a string", param=where)
-        return value
+        return parse_arguments(self.arguments, where)
 
 
 class ToolCallIn(Lenient):

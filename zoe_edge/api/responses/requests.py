@@ -12,9 +12,9 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, PrivateAttr, Tag, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
-from zoe_edge.api.common import Lenient
+from zoe_edge.api.common import Lenient, canonical_request, parse_arguments
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     TOOL_NAME,
@@ -81,17 +81,7 @@ class FunctionCallItem(Lenient):
     arguments: str | dict[str, Any] = ""
 
     def parsed_arguments(self, where: str) -> dict[str, Any]:
-        if isinstance(self.arguments, dict):
-            return self.arguments
-        if not self.arguments.strip():
-            return {}
-        try:
-            value = json.loads(self.arguments)
-        except (ValueError, RecursionError):
-            value = None
-        if not isinstance(value, dict):
-            raise InvalidRequest(f"{where}.arguments: must be a JSON object encoded as a string", param=where)
-        return value
+        return parse_arguments(self.arguments, f"{where}.arguments")
 
     def normalised(self) -> dict[str, Any]:
         args = self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments, ensure_ascii=False)
@@ -360,8 +350,8 @@ class ResponsesRequest(Lenient):
             raise InvalidRequest("input: send a string or at least one message item", param="input")
         messages += new
         fmt = self.format
-        try:
-            return GenerationRequest(
+        return canonical_request(
+            lambda: GenerationRequest(
                 model=self.model,
                 messages=messages,
                 max_tokens=self.max_output_tokens,
@@ -373,11 +363,6 @@ class ResponsesRequest(Lenient):
                 parallel_tool_calls=self.parallel_tool_calls is True,
                 stream=self.stream,
                 think=self.reasoning.think() if self.reasoning is not None else None,
-            )
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            msg = first["msg"].removeprefix("Value error, ")
-            param = "tool_choice" if "tool" in msg else None
-            if "response_format" in msg:
-                msg, param = f"text.format: {msg}", "text.format"
-            raise InvalidRequest(msg, param=param, code="invalid_value") from None
+            ),
+            format_field="text.format",
+        )
