@@ -70,6 +70,19 @@ class SamplingFields(Lenient):
         return Sampling(**fields)
 
 
+MAX_STOP = 16
+
+
+def stop_limits(value: list[str] | None) -> list[str] | None:
+    """Stop sequences as every front bounds them: a few, none empty (an empty one would stop at once)."""
+    if value is not None:
+        if len(value) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences")
+        if any(not s for s in value):
+            raise ValueError("stop sequences must not be empty")
+    return value
+
+
 def parse_arguments(arguments: str | dict[str, Any], where: str) -> dict[str, Any]:
     """Tool-call arguments as OpenAI sends them (a JSON-encoded object), or the object some clients send."""
     if isinstance(arguments, dict):

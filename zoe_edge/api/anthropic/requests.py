@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from zoe_edge.api.common import Lenient, canonical_request
+from zoe_edge.api.common import Lenient, canonical_request, stop_limits
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     TOOL_NAME,
@@ -19,8 +19,6 @@ from zoe_edge.canonical import (
     ToolChoice,
 )
 from zoe_edge.errors import InvalidRequest
-
-MAX_STOP = 16
 
 # --- content blocks ---------------------------------------------------------------------------
 
@@ -211,12 +209,7 @@ class MessagesRequest(CountTokensRequest):
     @field_validator("stop_sequences")
     @classmethod
     def _stop_limits(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            if len(value) > MAX_STOP:
-                raise ValueError(f"at most {MAX_STOP} stop sequences")
-            if any(not s for s in value):
-                raise ValueError("stop sequences must not be empty")
-        return value
+        return stop_limits(value)
 
     def to_canonical(self) -> GenerationRequest:
         return self._canonical(

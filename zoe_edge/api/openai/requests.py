@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from zoe_edge.api.common import Lenient, SamplingFields, canonical_request, parse_arguments
+from zoe_edge.api.common import Lenient, SamplingFields, canonical_request, parse_arguments, stop_limits
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     TOOL_NAME,
@@ -21,7 +21,6 @@ from zoe_edge.canonical import (
 
 log = logging.getLogger("zoe_edge.api")
 
-MAX_STOP = 16
 
 # --- request models ---------------------------------------------------------------------------
 
@@ -160,12 +159,7 @@ class _CommonParams(SamplingFields):
     @field_validator("stop")
     @classmethod
     def _stop_limits(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            if len(value) > MAX_STOP:
-                raise ValueError(f"at most {MAX_STOP} stop sequences")
-            if any(not s for s in value):
-                raise ValueError("stop sequences must not be empty")
-        return value
+        return stop_limits(value)
 
     @property
     def include_usage(self) -> bool:
