@@ -68,6 +68,8 @@ def test_num_ctx_grows_the_context_never_shrinks_it_and_is_capped_at_training(sm
     slot = status["slot"]
     assert slot["n_ctx"] == 8192 and slot["info"]["n_ctx"] == 8192 and slot["info"]["n_ctx_train"] == 8192
     assert slot["context"]["n_ctx"] == 8192 and slot["context"]["reload"] is True and slot["context"]["model"] == "smol"
+    # Ollama's /api/ps says the context it runs at now, as Ollama does after a num_ctx load
+    assert httpx.get(smol.url + "/api/ps", timeout=10).json()["models"][0]["context_length"] == 8192
     assert len(status["swaps"]) == swaps + 1
     resize = status["swaps"][-1]
     assert resize["from"] == resize["to"] == "smol" and resize["resize"] is True and resize["n_ctx"] == 8192

@@ -139,3 +139,18 @@ async def test_ollama_empty_requests_load_unload_and_keep_alive(served: tuple[Fa
     r = await client.post("/api/chat", json={"model": "m", "messages": [{"role": "user", "content": "x"}],
                                               "keep_alive": "soon"})
     assert r.status == 400 and "keep_alive" in (await r.json())["error"] and gateway.requests == []
+
+
+async def test_a_bug_below_the_front_is_a_500_in_the_caller_s_dialect(served: tuple[FakeGateway, TestClient]) -> None:
+    gateway, client = served
+    gateway.raises = RuntimeError("a bug")  # type: ignore[assignment]
+    r = await client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    body = await r.json()
+    assert r.status == 500 and body["error"]["type"] == "server_error" and "RuntimeError" in body["error"]["message"]
+    r = await client.post("/api/chat", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status == 500 and "RuntimeError" in (await r.json())["error"]
+    gateway.raises = None
+    gateway.script = ANSWER
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    r = await client.post("/api/chat", json=body)
+    assert r.status == 200  # and it keeps serving

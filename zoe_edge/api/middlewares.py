@@ -96,6 +96,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         err = _from_http(exc, request)
         response = _render_error(request, err)
         _log_error(request, err)
+    except Exception as exc:  # a bug in a handler: logged with its traceback, answered in the dialect
+        log.exception("%s %s: unhandled %s (id=%s)", request.method, request.path, type(exc).__name__, request_id)
+        err = ZoeError(f"internal error ({type(exc).__name__}); the daemon keeps serving (log id {request_id})")
+        response = _render_error(request, err)
+        context(request).error = err.message
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
     if observer is not None and rec is not None and not rec.done:

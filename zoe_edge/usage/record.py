@@ -18,6 +18,11 @@ GENERATION_PATHS = frozenset(
         "/v1/messages",
         "/api/chat",
         "/api/generate",
+        # embeddings count their prompt tokens the same way
+        "/v1/embeddings",
+        "/embeddings",
+        "/api/embed",
+        "/api/embeddings",
     }
 )
 

@@ -132,7 +132,8 @@ async def ps(request: web.Request) -> web.Response:
             "size": size,
             "size_vram": size if on_gpu else 0,
             "expires_at": expires.isoformat(),
-            "context_length": registry_of(request.app).models[model].n_ctx,
+            # what it runs at now: above the registry's after a num_ctx reload
+            "context_length": supervisor.loaded_n_ctx or registry_of(request.app).models[model].n_ctx,
         }
     )
     return web.json_response({"models": [entry]})
