@@ -86,6 +86,10 @@ def _cap_tokens(body: Any) -> None:
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 8:
             body[key] = 8
+    texts = body.get("input")
+    if isinstance(texts, list) and len(texts) > 4:
+        # embeddings: a few texts say as much as thousands, which a CPU embeds one by one
+        body["input"] = texts[:4]
     options = body.get("options")
     if isinstance(options, dict):
         n = options.get("num_predict")
