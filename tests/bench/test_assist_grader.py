@@ -14,7 +14,7 @@ from zoe_edge.assist.house import live_entities, static_house
 from zoe_edge.bench import ha
 from zoe_edge.bench.cases import assist_cases
 from zoe_edge.bench.hass import Constraints, call_tool, match_targets
-from zoe_edge.bench.runner import GREEDY
+from zoe_edge.bench.suite import GREEDY
 from zoe_edge.bench.turns import GenerationRequest, Reply, canonical, grade_turn, run_turn
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "home-assistant"

@@ -188,6 +188,8 @@ async def _supervisor_lifetime(app: web.Application) -> AsyncIterator[None]:
 
 async def serve(settings: Settings, registry: Registry) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get a grace period to finish."""
+    # workers inherit it: their prefix snapshots go under the state directory --state-dir names
+    os.environ["ZOE_STATE_DIR"] = str(settings.state_dir)
     app = build_app(settings, registry)
     # cancel the handler when its client disconnects, so an abandoned generation frees the model
     runner = web.AppRunner(

@@ -14,7 +14,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from zoe_edge.bench.runner import SUITES, SuiteResult, bench_settings, run_bench
+from zoe_edge.bench.runner import SUITES, bench_settings, run_bench
+from zoe_edge.bench.suite import SuiteResult
 from zoe_edge.config import Settings
 from zoe_edge.errors import RegistryError, ZoeError
 from zoe_edge.registry import Registry

@@ -12,8 +12,8 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from zoe_edge.bench.runner import SuiteResult
 from zoe_edge.bench.scoring import Estimate
+from zoe_edge.bench.suite import SuiteResult
 
 # the columns of the summary table: (suite, score name, heading)
 HEADLINE = (

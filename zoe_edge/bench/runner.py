@@ -9,20 +9,15 @@ seed: the same model and build give the same answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
-import importlib.metadata
-import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from zoe_edge.bench import ha
-from zoe_edge.bench.cases import assist_cases, hallucination_cases, tool_cases
+from zoe_edge.bench.assist_suite import assist_suite
+from zoe_edge.bench.cases import hallucination_cases, tool_cases
 from zoe_edge.bench.scoring import (
     Call,
     Estimate,
@@ -33,33 +28,20 @@ from zoe_edge.bench.scoring import (
     percentile,
     tool_summary,
 )
-from zoe_edge.bench.turns import GradedTurn, Reply, assist_summary, grade_turn, run_turn
+from zoe_edge.bench.suite import Answer, Progress, SuiteResult, _now, _request, ask, run_settings
 from zoe_edge.canonical import (
-    ErrorEvent,
-    Finish,
-    GenerationRequest,
     Message,
-    Sampling,
-    TextDelta,
     Tool,
-    ToolCall,
     ToolChoice,
 )
 from zoe_edge.config import Settings
-from zoe_edge.errors import ZoeError
-from zoe_edge.gguf_info import GGUFError, read_gguf
 from zoe_edge.registry import Registry
-from zoe_edge.routing.dispatch import Dispatcher
-from zoe_edge.routing.routes import Target, plan_request
 from zoe_edge.supervisor import Supervisor
-from zoe_edge.supervisor.slot import default_threads
 from zoe_edge.worker import tools
 
 log = logging.getLogger("zoe_edge.bench")
 
 SUITES = ("latency", "hallucination", "tools", "assist")
-SEED = 1234
-GREEDY = Sampling(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, seed=SEED)
 
 HALLUCINATION_SYSTEM = (
     "Answer the question with a short answer only: a name, a number or a few words, on one line. "
@@ -68,84 +50,6 @@ HALLUCINATION_SYSTEM = (
 MEMORY_TEMPLATE = "Notes the household gave you:\n{notes}\n\nUsing only these notes, answer: {question}"
 TOOLS: list[Tool] = [Tool.model_validate(t["function"]) for t in ha.TOOLS]
 SCHEMAS = {t.name: t.parameters for t in TOOLS}
-
-
-@dataclass
-class Answer:
-    """What one generation produced, with the client-side wall-clock timings."""
-
-    text: str = ""
-    calls: list[ToolCall] = field(default_factory=list)
-    finish: Finish | None = None
-    error: str | None = None
-    ttft_s: float | None = None  # request sent -> first event carrying output
-    total_s: float = 0.0
-
-
-@dataclass
-class SuiteResult:
-    model: str
-    suite: str
-    scores: dict[str, Estimate]
-    settings: dict[str, Any]
-    at: str
-    cases: list[dict[str, Any]] = field(default_factory=list)  # per-case rows for the report
-
-
-Progress = Callable[[str, str, int, int], None]  # model, suite, done, total
-
-
-async def ask(sup: Supervisor, model: str, req: GenerationRequest) -> Answer:
-    out = Answer()
-    started = time.perf_counter()
-    async with contextlib.aclosing(sup.generate(model, req)) as events:
-        async for event in events:
-            if isinstance(event, TextDelta | ToolCall) and out.ttft_s is None:
-                out.ttft_s = time.perf_counter() - started
-            if isinstance(event, TextDelta):
-                out.text += event.text
-            elif isinstance(event, ToolCall):
-                out.calls.append(event)
-            elif isinstance(event, Finish):
-                out.finish = event
-            elif isinstance(event, ErrorEvent):
-                out.error = event.message
-    out.total_s = time.perf_counter() - started
-    return out
-
-
-def _request(model: str, messages: list[Message], max_tokens: int, **extra: Any) -> GenerationRequest:
-    return GenerationRequest(model=model, messages=messages, max_tokens=max_tokens, sampling=GREEDY, **extra)
-
-
-def run_settings(sup: Supervisor, model: str, quick: bool) -> dict[str, Any]:
-    """The conditions a score was measured under, stored beside it."""
-    entry = sup.registry.models[model]
-    try:
-        quant = read_gguf(sup.model_file(model)).file_type
-    except (GGUFError, OSError, ValueError):
-        quant = "unknown"
-    try:
-        build = importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        build = "unknown"
-    plan = sup.plan
-    return {
-        "llama_cpp": build,
-        "threads": entry.n_threads or default_threads(),
-        "n_ctx": entry.n_ctx,
-        "n_batch": min(entry.n_batch, entry.n_ctx),
-        "gpu_layers": plan.gpu_layers if plan is not None and sup.model == model else entry.gpu_layers,
-        "quantisation": quant,
-        "profile": sup.profile.name,
-        "seed": SEED,
-        "temperature": 0.0,
-        "quick": quick,
-    }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 # --- latency ----------------------------------------------------------------------------------------
@@ -346,138 +250,6 @@ async def tools_suite(sup: Supervisor, model: str, quick: bool, progress: Progre
 
 
 # --- assist ----------------------------------------------------------------------------------------
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def assist_passes(registry: Registry, model: str, quick: bool) -> list[tuple[str, str]]:
-    """(score prefix, name Home Assistant sends) for each way the suite runs ``model``.
-
-    ``raw``: the model alone, no turn planner (what the planner is worth). The model's own name:
-    through the daemon's dispatcher, as a client naming the model gets it (the planner on, as the
-    registry's ``assist`` settings say). Then every route, the ``auto`` router included, whose
-    first target is this model for every case (so the pass measures this model); ``--quick`` keeps
-    the ``auto`` router only.
-    """
-    passes = [("raw_", model), ("", model)]
-    names = ([registry.auto.name] if registry.auto is not None else []) + ([] if quick else list(registry.routes))
-    probes = [
-        GenerationRequest(model="x", messages=[Message(role="user", content=c.user)], tools=ha.assist_tools())
-        for c in assist_cases(quick)
-    ]
-    for name in names:
-        try:
-            firsts = {plan_request(registry, name, req).targets[0] for req in probes}
-        except ZoeError:
-            continue
-        if firsts == {Target(model)}:
-            passes.append((f"route_{_slug(name)}_", name))
-    return passes
-
-
-def _reply_of(ans: Answer, note: str | None = None) -> Reply:
-    calls = [(c.name, dict(c.arguments)) for c in ans.calls]
-    return Reply(ans.text, calls, ans.error, ans.total_s, note)
-
-
-async def _routed(dispatcher: Dispatcher, registry: Registry, req: GenerationRequest) -> Reply:
-    """One request the way the daemon's fronts serve it: plan the route, dispatch, read the stream."""
-    out = Answer()
-    started = time.perf_counter()
-    try:
-        plan = plan_request(registry, req.model, req)
-        dispatched = await dispatcher.dispatch(plan, req)
-    except ZoeError as exc:
-        out.error = f"{exc.code}: {exc.message}"
-        out.total_s = time.perf_counter() - started
-        return _reply_of(out)
-    note = f"{dispatched.served_by.label}" + (f"; {dispatched.turn}" if dispatched.turn else "")
-
-    def take(event: object) -> None:
-        if isinstance(event, TextDelta):
-            out.text += event.text
-        elif isinstance(event, ToolCall):
-            out.calls.append(event)
-        elif isinstance(event, ErrorEvent):
-            out.error = event.message
-
-    try:
-        take(dispatched.first)
-        async with contextlib.aclosing(dispatched.events) as events:
-            async for event in events:
-                take(event)
-    except ZoeError as exc:
-        out.error = f"{exc.code}: {exc.message}"
-    out.total_s = time.perf_counter() - started
-    return _reply_of(out, note)
-
-
-async def assist_suite(sup: Supervisor, model: str, quick: bool, progress: Progress) -> SuiteResult:
-    """Home Assistant's loop on the real request shape, graded by what HA would do (``zoe_edge.bench.turns``)."""
-    cases = assist_cases(quick)
-    house = ha.bench_house()
-    initial = ha.initial_states()
-    registry = sup.registry
-    dispatcher = Dispatcher(registry, sup, {})  # no cloud upstreams: a pass measures the local model
-    passes = assist_passes(registry, model, quick)
-    max_tokens = 96 if quick else 160
-    scores: dict[str, Estimate] = {}
-    rows: list[dict[str, Any]] = []
-    total = len(passes) * len(cases)
-    done = 0
-    for prefix, name in passes:
-        if prefix == "raw_":
-
-            async def generate(req: GenerationRequest) -> Reply:
-                return _reply_of(await ask(sup, model, req))
-
-        else:
-
-            async def generate(req: GenerationRequest) -> Reply:
-                return await _routed(dispatcher, registry, req)
-
-        graded = []
-        for case in cases:
-            turn = await run_turn(case.user, house, initial, generate, name, GREEDY, max_tokens)
-            grade = grade_turn(case, house, initial, turn)
-            graded.append(GradedTurn(case.kind, grade, turn.loop, turn.error is not None, turn.seconds))
-            rows.append(
-                {
-                    "id": case.id,
-                    "pass": prefix.rstrip("_") or "model",
-                    "sent_as": name,
-                    "kind": case.kind,
-                    "ok": grade.ok,
-                    "detail": grade.detail,
-                    "answer": (turn.answer or "")[:200],
-                    "calls": [{"name": n, "arguments": a} for n, a in turn.calls],
-                    "results": [json_short(r) for r in turn.results],
-                    "iterations": turn.iterations,
-                    "served": [r.note for r in turn.replies],
-                    "loop": turn.loop,
-                    "error": turn.error,
-                    "turn_ms": round(turn.seconds * 1000, 1),
-                }
-            )
-            done += 1
-            progress(model, "assist", done, total)
-        for key, est in assist_summary(graded).items():
-            scores[prefix + key] = est
-    settings = run_settings(sup, model, quick) | {
-        "cases": len(cases),
-        "passes": {p.rstrip("_") or "model": n for p, n in passes},
-        "house_entities": len(house.devices),
-        "max_tokens": max_tokens,
-        "assist": registry.assist.model_dump(),
-    }
-    return SuiteResult(model, "assist", scores, settings, _now(), rows)
-
-
-def json_short(result: dict[str, Any], limit: int = 300) -> str:
-    text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 SUITE_FUNCS = {

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zoe_edge.bench.runner import SuiteResult
+from zoe_edge.bench.suite import SuiteResult
 from zoe_edge.errors import RegistryError
 from zoe_edge.registry import parse_registry
 

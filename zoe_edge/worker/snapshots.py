@@ -295,7 +295,7 @@ def snapshot_dir() -> Path | None:
 
 def store_for(engine: Engine) -> SnapshotStore | None:
     """The store for this engine's model and settings, or ``None`` when persistence is off."""
-    import llama_cpp
+    from importlib import metadata
 
     from zoe_edge.worker.templates import bundled_template
 
@@ -308,7 +308,10 @@ def store_for(engine: Engine) -> SnapshotStore | None:
         template = engine.llm.metadata.get("tokenizer.chat_template") or bundled_template("chatml") or ""
     else:
         template = bundled_template(spec.chat_format) or ""
-    version = str(getattr(llama_cpp, "__version__", "?"))
+    try:
+        version = metadata.version("llama-cpp-python")  # a rebuilt library must not restore an old state
+    except metadata.PackageNotFoundError:
+        version = "?"
     key = StoreKey.for_model(spec.path, f"{spec.chat_format}\n{template}", spec.n_ctx, spec.kv_cache_type, version)
     return SnapshotStore(
         directory,
