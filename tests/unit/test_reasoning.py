@@ -318,3 +318,17 @@ async def test_closing_the_split_stream_closes_the_source() -> None:
     assert await anext(stream) == ReasoningDelta("a")
     await stream.aclose()
     assert closed == [True]
+
+
+def test_the_worker_s_formatter_turns_qwen3_thinking_off_with_enable_thinking() -> None:
+    """The worker renders with llama-cpp-python's formatter and passes enable_thinking=False for think: false;
+    a Qwen3 template then opens an empty think block itself, so the model answers without thinking."""
+    from zoe_edge.worker import llama_compat
+
+    template = (Path(__file__).resolve().parents[1] / "fixtures" / "reasoning" / "qwen3.jinja").read_text()
+    formatter = llama_compat.chat_formatter(template, "<|im_end|>", "")
+    messages = [{"role": "user", "content": "Is the kitchen light on?"}]
+    default = formatter(messages=messages).prompt
+    off = formatter(messages=messages, enable_thinking=False).prompt
+    assert "<think>" not in default.rsplit("<|im_start|>assistant", 1)[1]
+    assert off.rsplit("<|im_start|>assistant", 1)[1].strip() == "<think>\n\n</think>"

@@ -168,7 +168,12 @@ class Engine:
         if req.messages is not None:
             offered = req.tools if req.uses_tools else []
             messages = tools.chat_messages(req.messages, offered, req.tool_choice, self.tool_setup)
-            extra = {"tools": [tools.openai_tool(t) for t in offered]} if offered and self.tool_setup.native else {}
+            extra: dict[str, Any] = (
+                {"tools": [tools.openai_tool(t) for t in offered]} if offered and self.tool_setup.native else {}
+            )
+            if req.think is False:
+                # Qwen3-style templates read it and open an empty think block; the others ignore the variable
+                extra["enable_thinking"] = False
             try:
                 rendered = self._formatter(messages=messages, **extra)
             except Exception as exc:  # jinja raise_exception() and template errors
