@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zoe_edge.bench.suite import SuiteResult
 from zoe_edge.bench.scoring import Estimate, proportion
+from zoe_edge.bench.suite import SuiteResult
 from zoe_edge.bench.writeback import render, write_scores
 from zoe_edge.canonical import GenerationRequest, Message
 from zoe_edge.errors import ModelNotFound
