@@ -10,38 +10,21 @@ import time
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from zoe_edge.api.common import SUPERVISOR, Lenient, context, deadline_header, parse_body, read_json
+from zoe_edge.api.common import SUPERVISOR, context, deadline_header, parse_body, read_json
 from zoe_edge.api.front import gateway
 from zoe_edge.api.ollama import listing
+from zoe_edge.api.ollama.requests import ModelAndKeepAlive
 from zoe_edge.errors import InvalidRequest
-from zoe_edge.registry.units import parse_duration
 from zoe_edge.service import RequestContext
 from zoe_edge.service.gateway import Embedded
 
 MAX_INPUTS = 2048
 
 
-class _Common(Lenient):
-    model: str = Field(min_length=1, max_length=256)
-    keep_alive: float | str | None = None
+class _Common(ModelAndKeepAlive):
     options: dict[str, Any] | None = None  # num_ctx and sampling knobs: nothing an embedding uses
-
-    @field_validator("keep_alive", mode="before")
-    @classmethod
-    def _no_bool_keep_alive(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # pydantic would read true as 1 s; Ollama refuses a boolean
-            raise ValueError("expected a duration such as 300, '5m' or -1, not a boolean")
-        return value
-
-    def keep_alive_seconds(self) -> tuple[bool, float | None]:
-        if self.keep_alive is None:
-            return False, None
-        try:
-            return True, parse_duration(self.keep_alive)
-        except ValueError:
-            raise InvalidRequest(f"keep_alive: not a duration: {self.keep_alive!r}", param="keep_alive") from None
 
 
 class EmbedRequest(_Common):

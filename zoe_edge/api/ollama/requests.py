@@ -68,16 +68,11 @@ class ToolDef(Lenient):
     function: FunctionDef
 
 
-class _Common(Lenient):
+class ModelAndKeepAlive(Lenient):
+    """What every Ollama body that names a model has: the name, and how long to keep it loaded after."""
+
     model: str = Field(min_length=1, max_length=256)
-    stream: bool = True
-    options: Options = Field(default_factory=Options)
-    format: Literal["", "json"] | dict[str, Any] | None = None
     keep_alive: int | float | str | None = None
-    # a thinking model's block comes back as message.thinking / thinking; false asks for none (the
-    # levels are gpt-oss's, and for other models mean true, as in Ollama)
-    think: StrictBool | Literal["low", "medium", "high"] | None = None
-    cache: CacheControls | None = None  # response cache controls, as in the OpenAI dialect
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -86,6 +81,25 @@ class _Common(Lenient):
         if isinstance(value, bool):
             raise ValueError("expected a duration such as 300, '5m' or -1, not a boolean")
         return value
+
+    def keep_alive_seconds(self) -> tuple[bool, float | None]:
+        """(given, seconds); ``None`` seconds means keep loaded until told otherwise."""
+        if self.keep_alive is None:
+            return False, None
+        try:
+            return True, parse_duration(self.keep_alive)
+        except ValueError:
+            raise InvalidRequest(f"keep_alive: not a duration: {self.keep_alive!r}", param="keep_alive") from None
+
+
+class _Common(ModelAndKeepAlive):
+    stream: bool = True
+    options: Options = Field(default_factory=Options)
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    # a thinking model's block comes back as message.thinking / thinking; false asks for none (the
+    # levels are gpt-oss's, and for other models mean true, as in Ollama)
+    think: StrictBool | Literal["low", "medium", "high"] | None = None
+    cache: CacheControls | None = None  # response cache controls, as in the OpenAI dialect
 
     @property
     def thinks(self) -> bool | None:
@@ -97,15 +111,6 @@ class _Common(Lenient):
         if isinstance(self.format, dict):
             return OutputConstraint(kind="json_schema", json_schema=self.format)
         return None
-
-    def keep_alive_seconds(self) -> tuple[bool, float | None]:
-        """(given, seconds); ``None`` seconds means keep loaded until told otherwise."""
-        if self.keep_alive is None:
-            return False, None
-        try:
-            return True, parse_duration(self.keep_alive)
-        except ValueError:
-            raise InvalidRequest(f"keep_alive: not a duration: {self.keep_alive!r}", param="keep_alive") from None
 
 
 class ChatRequest(_Common):
