@@ -37,6 +37,11 @@ ENDPOINTS: list[tuple[str, str, Body]] = [
     ("ollama unload", "/api/chat", lambda n: {"model": n, "messages": [], "keep_alive": 0}),
     ("ollama show", "/api/show", lambda n: {"model": n}),
     ("ollama pull", "/api/pull", lambda n: {"model": n, "stream": False}),
+    ("openai responses", "/v1/responses", lambda n: {"model": n, "input": "Say hi.", "max_output_tokens": 2}),
+    ("anthropic messages", "/v1/messages", lambda n: {"model": n, "messages": HI, "max_tokens": 2}),
+    ("anthropic count tokens", "/v1/messages/count_tokens", lambda n: {"model": n, "messages": HI}),
+    ("openai embeddings", "/v1/embeddings", lambda n: {"model": n, "input": "hi"}),
+    ("ollama embed", "/api/embed", lambda n: {"model": n, "input": "hi"}),
     ("admin load", "/admin/models/{name}/load", lambda n: None),
     ("admin unload", "/admin/models/{name}/unload", lambda n: None),
 ]
@@ -66,6 +71,7 @@ def named(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterat
             "aliases": ["zoe-chat"],
             "rpm": 1,
         }
+    data["models"]["smol"]["embeddings"] = "also"  # so the embeddings endpoints serve it too
     registry.write_text(yaml.safe_dump(data))
     d = start_daemon(registry, tmp, env=keyed_env(), api_key=API_KEY)
     yield d
@@ -87,8 +93,12 @@ def call(d: Daemon, path: str, body: dict[str, Any] | None, name: str, key: str)
 
 
 def error_of(path: str, r: httpx.Response) -> tuple[str, str | None]:
-    """(message, code) from either dialect: Ollama's ``{"error": "..."}`` under /api, OpenAI's elsewhere."""
+    """(message, code) from each dialect: Ollama's ``{"error": "..."}`` under /api, Anthropic's under /v1/messages,
+    OpenAI's elsewhere."""
     body = r.json()
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+        return body["error"]["message"], None
     if path.startswith("/api/"):
         assert set(body) == {"error"} and isinstance(body["error"], str), body
         return body["error"], None
