@@ -18,19 +18,14 @@ from aiohttp.test_utils import TestClient
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Daemon, smollm_entry, start_daemon, write_registry
+from tests.fakes.gateway import FakeGateway as ScriptedGateway
 from zoe_edge.api import ollama as ollama_front
 from zoe_edge.api import openai as openai_front
 from zoe_edge.api.common import GATEWAY, SETTINGS
 from zoe_edge.api.middlewares import request_context
-from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import Event, Finish, GenerationRequest, ReasoningDelta, TextDelta, ToolCall, Usage
 from zoe_edge.config import Settings
-from zoe_edge.routing.dispatch import Dispatched
-from zoe_edge.routing.names import Resolved
 from zoe_edge.routing.reasoning import ReasoningSetup, detect, split_reasoning
-from zoe_edge.routing.routes import RoutePlan, Target
-from zoe_edge.service import RequestContext
-from zoe_edge.service.gateway import Embedded
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reasoning"
 QWEN3 = detect((FIXTURES / "qwen3.jinja").read_text(encoding="utf-8"))
@@ -45,52 +40,17 @@ def raw_deltas(text: str, size: int = 5) -> list[Event]:
     return [TextDelta(text[i : i + size]) for i in range(0, len(text), size)]
 
 
-class FakeGateway:
-    """A :class:`zoe_edge.service.Service` answering every generation with the scripted events, split as
-    dispatch splits a local model's stream (``setup``), honouring the request's ``think``."""
+class FakeGateway(ScriptedGateway):
+    """The scripted gateway, its stream split as dispatch splits a local model's (``setup``), honouring the
+    request's ``think``."""
 
     def __init__(self) -> None:
-        self.script: list[Event] = [*raw_deltas(ARITHMETIC["completion"]), FINISH]
+        super().__init__()
+        self.script = [*raw_deltas(ARITHMETIC["completion"]), FINISH]
         self.setup: ReasoningSetup = QWEN3
-        self.requests: list[GenerationRequest] = []
 
-    async def generate(
-        self, ctx: RequestContext, name: str, req: GenerationRequest, cache: CacheControls | None = None
-    ) -> Dispatched:
-        self.requests.append(req)
-        target = Target(MODEL)
-        plan = RoutePlan(name, name, (target,), None, f"model {name}")
-
-        async def scripted() -> AsyncGenerator[Event, None]:
-            for event in self.script:
-                yield event
-
-        events = split_reasoning(scripted(), self.setup, req.think)
-        return Dispatched(plan, target, await anext(events, None), events)
-
-    async def resolve(self, ctx: RequestContext, name: str, req: GenerationRequest | None = None) -> Resolved:
-        raise NotImplementedError
-
-    async def load(
-        self, ctx: RequestContext, name: str, req: GenerationRequest | None = None, *, require_local: bool = False
-    ) -> str | None:
-        raise NotImplementedError
-
-    async def unload(
-        self, ctx: RequestContext, name: str, req: GenerationRequest | None = None, *, require_local: bool = False
-    ) -> str | None:
-        raise NotImplementedError
-
-    def keep_alive(self, model: str, seconds: float | None) -> None:
-        raise NotImplementedError
-
-    async def embed(
-        self, ctx: RequestContext, name: str, texts: list[str], dimensions: int | None, *, truncate: bool = False
-    ) -> Embedded:
-        raise NotImplementedError
-
-    async def fit_map(self) -> tuple[dict[str, bool], dict[str, int]]:
-        return {}, {}
+    def shape(self, req: GenerationRequest, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+        return split_reasoning(events, self.setup, req.think)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from typing import Any
 
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import Event, GenerationRequest
-from zoe_edge.errors import ZoeError
 from zoe_edge.routing.dispatch import Dispatched
 from zoe_edge.routing.names import Resolved
 from zoe_edge.routing.routes import RoutePlan, Target
@@ -23,8 +22,9 @@ MODEL = "smollm2-135m"
 class FakeGateway:
     def __init__(self) -> None:
         self.script: list[Event] = []
-        self.raises: ZoeError | None = None
+        self.raises: Exception | None = None
         self.requests: list[GenerationRequest] = []
+        self.caches: list[CacheControls | None] = []
         self.contexts: list[RequestContext] = []
         self.lifecycle: list[tuple[str, str]] = []  # (action, name)
         self.kept_alive: list[tuple[str, float | None]] = []
@@ -37,15 +37,20 @@ class FakeGateway:
     ) -> Dispatched:
         self.requests.append(req)
         self.contexts.append(ctx)
+        self.caches.append(cache)
         if self.raises is not None:
             raise self.raises
-        events = iter(self.script)
 
-        async def rest() -> AsyncGenerator[Event, None]:
-            for event in events:
+        async def scripted() -> AsyncGenerator[Event, None]:
+            for event in self.script:
                 yield event
 
-        return Dispatched(self._plan(name), Target(MODEL), next(events, None), rest())
+        events = self.shape(req, scripted())
+        return Dispatched(self._plan(name), Target(MODEL), await anext(events, None), events)
+
+    def shape(self, req: GenerationRequest, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+        """What dispatch would do to a local stream; a subclass can split reasoning here."""
+        return events
 
     async def resolve(self, ctx: RequestContext, name: str, req: GenerationRequest | None = None) -> Resolved:
         return Resolved(name, name.removesuffix(":latest"), self._plan(name))
@@ -60,6 +65,9 @@ class FakeGateway:
 
     def keep_alive(self, model: str, seconds: float | None) -> None:
         self.kept_alive.append((model, seconds))
+
+    async def embed(self, ctx: RequestContext, name: str, texts: list[str], dimensions: int | None, **kw: Any) -> Any:
+        raise NotImplementedError("the scripted gateway does not embed")
 
     async def fit_map(self) -> tuple[dict[str, bool], dict[str, int]]:
         return {}, {}

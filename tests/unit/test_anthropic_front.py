@@ -4,7 +4,6 @@ to Messages JSON and SSE, read back by the official ``anthropic`` SDK's own type
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import anthropic
@@ -16,15 +15,14 @@ from anthropic.types import Message as SDKMessage
 from anthropic.types import MessageTokensCount
 from pydantic import SecretStr
 
+from tests.fakes.gateway import FakeGateway
 from zoe_edge.api import anthropic as front
 from zoe_edge.api.common import GATEWAY, SETTINGS
 from zoe_edge.api.middlewares import api_key_auth, request_context
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     ErrorEvent,
-    Event,
     Finish,
-    GenerationRequest,
     ReasoningDelta,
     TextDelta,
     ToolCall,
@@ -32,59 +30,10 @@ from zoe_edge.canonical import (
 )
 from zoe_edge.config import Settings
 from zoe_edge.errors import InvalidRequest, ModelNotFound, ServiceUnavailable, ZoeError
-from zoe_edge.routing.dispatch import Dispatched
-from zoe_edge.routing.names import Resolved
-from zoe_edge.routing.routes import RoutePlan, Target
-from zoe_edge.service import RequestContext, Service
+from zoe_edge.service import Service
 
 MODEL = "smollm2-135m"
 KEY = "sk-test-key"
-
-
-class FakeGateway:
-    """A :class:`zoe_edge.service.Service` that answers every generation with the next scripted events."""
-
-    def __init__(self) -> None:
-        self.script: list[Event] = []
-        self.raises: ZoeError | None = None
-        self.requests: list[GenerationRequest] = []
-        self.caches: list[CacheControls | None] = []
-
-    async def generate(
-        self, ctx: RequestContext, name: str, req: GenerationRequest, cache: CacheControls | None = None
-    ) -> Dispatched:
-        self.requests.append(req)
-        self.caches.append(cache)
-        if self.raises is not None:
-            raise self.raises
-        target = Target(MODEL)
-        plan = RoutePlan(name, name, (target,), None, f"model {name}")
-        events = iter(self.script)
-
-        async def rest() -> AsyncGenerator[Event, None]:
-            for event in events:
-                yield event
-
-        return Dispatched(plan, target, next(events, None), rest())
-
-    async def resolve(self, ctx: RequestContext, name: str, req: GenerationRequest | None = None) -> Resolved:
-        raise NotImplementedError
-
-    async def load(
-        self, ctx: RequestContext, name: str, req: GenerationRequest | None = None, *, require_local: bool = False
-    ) -> str | None:
-        raise NotImplementedError
-
-    async def unload(
-        self, ctx: RequestContext, name: str, req: GenerationRequest | None = None, *, require_local: bool = False
-    ) -> str | None:
-        raise NotImplementedError
-
-    def keep_alive(self, model: str, seconds: float | None) -> None:
-        raise NotImplementedError
-
-    async def fit_map(self) -> tuple[dict[str, bool], dict[str, int]]:
-        return {}, {}
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ accumulator), and the stored responses' endpoints per client key."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openai.types.responses import Response
 
+from tests.fakes.gateway import FakeGateway
 from zoe_edge.access.keys import ClientKey
 from zoe_edge.api import responses as front
 from zoe_edge.api.common import GATEWAY, SETTINGS, context
 from zoe_edge.api.middlewares import request_context
-from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import (
     ErrorEvent,
-    Event,
     Finish,
-    GenerationRequest,
     ReasoningDelta,
     TextDelta,
     ToolCall,
@@ -32,10 +29,6 @@ from zoe_edge.canonical import (
 )
 from zoe_edge.config import Settings
 from zoe_edge.conversations import ResponseStore
-from zoe_edge.routing.dispatch import Dispatched
-from zoe_edge.routing.names import Resolved
-from zoe_edge.routing.routes import RoutePlan, Target
-from zoe_edge.service import RequestContext
 
 MODEL = "smollm2-135m"
 KEY_A, KEY_B = "sk-key-a", "sk-key-b"
@@ -45,46 +38,6 @@ WEATHER = {
     "description": "The weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-
-class FakeGateway:
-    """A :class:`zoe_edge.service.Service` that answers every generation with the scripted events."""
-
-    def __init__(self) -> None:
-        self.script: list[Event] = []
-        self.requests: list[GenerationRequest] = []
-
-    async def generate(
-        self, ctx: RequestContext, name: str, req: GenerationRequest, cache: CacheControls | None = None
-    ) -> Dispatched:
-        self.requests.append(req)
-        target = Target(MODEL)
-        events = iter(self.script)
-
-        async def rest() -> AsyncGenerator[Event, None]:
-            for event in events:
-                yield event
-
-        return Dispatched(RoutePlan(name, name, (target,), None, f"model {name}"), target, next(events, None), rest())
-
-    async def resolve(self, ctx: RequestContext, name: str, req: GenerationRequest | None = None) -> Resolved:
-        raise NotImplementedError
-
-    async def load(
-        self, ctx: RequestContext, name: str, req: GenerationRequest | None = None, *, require_local: bool = False
-    ) -> str | None:
-        raise NotImplementedError
-
-    async def unload(
-        self, ctx: RequestContext, name: str, req: GenerationRequest | None = None, *, require_local: bool = False
-    ) -> str | None:
-        raise NotImplementedError
-
-    def keep_alive(self, model: str, seconds: float | None) -> None:
-        raise NotImplementedError
-
-    async def fit_map(self) -> tuple[dict[str, bool], dict[str, int]]:
-        return {}, {}
 
 
 def finish(reason: Any = "stop", prompt: int = 12, completion: int = 3) -> Finish:
