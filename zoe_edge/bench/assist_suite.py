@@ -13,11 +13,13 @@ from zoe_edge.bench.cases import assist_cases
 from zoe_edge.bench.scoring import Estimate
 from zoe_edge.bench.suite import GREEDY, Answer, Progress, SuiteResult, _now, ask, run_settings
 from zoe_edge.bench.turns import GradedTurn, Reply, assist_summary, grade_turn, run_turn
+from zoe_edge.cache.service import ResponseCache
 from zoe_edge.canonical import ErrorEvent, GenerationRequest, Message, TextDelta, ToolCall
 from zoe_edge.errors import ZoeError
 from zoe_edge.registry import Registry
 from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.routing.routes import Target, plan_request
+from zoe_edge.service import Gateway, RequestContext
 from zoe_edge.supervisor import Supervisor
 
 
@@ -55,13 +57,12 @@ def _reply_of(ans: Answer, note: str | None = None) -> Reply:
     return Reply(ans.text, calls, ans.error, ans.total_s, note)
 
 
-async def _routed(dispatcher: Dispatcher, registry: Registry, req: GenerationRequest) -> Reply:
-    """One request the way the daemon's fronts serve it: plan the route, dispatch, read the stream."""
+async def _routed(gateway: Gateway, req: GenerationRequest) -> Reply:
+    """One request the way the daemon's fronts serve it: through the gateway (name, route, dispatch)."""
     out = Answer()
     started = time.perf_counter()
     try:
-        plan = plan_request(registry, req.model, req)
-        dispatched = await dispatcher.dispatch(plan, req)
+        dispatched = await gateway.generate(RequestContext("bench"), req.model, req)
     except ZoeError as exc:
         out.error = f"{exc.code}: {exc.message}"
         out.total_s = time.perf_counter() - started
@@ -93,7 +94,8 @@ async def assist_suite(sup: Supervisor, model: str, quick: bool, progress: Progr
     house = ha.bench_house()
     initial = ha.initial_states()
     registry = sup.registry
-    dispatcher = Dispatcher(registry, sup, {})  # no cloud upstreams: a pass measures the local model
+    # no cloud upstreams and no response cache: a pass measures the local model, every time
+    gateway = Gateway(registry, sup, Dispatcher(registry, sup, {}), ResponseCache(registry.cache, registry, None))
     passes = assist_passes(registry, model, quick)
     max_tokens = 96 if quick else 160
     scores: dict[str, Estimate] = {}
@@ -109,7 +111,7 @@ async def assist_suite(sup: Supervisor, model: str, quick: bool, progress: Progr
         else:
 
             async def generate(req: GenerationRequest) -> Reply:
-                return await _routed(dispatcher, registry, req)
+                return await _routed(gateway, req)
 
         graded = []
         for case in cases:
