@@ -243,10 +243,11 @@ async def test_pull_show_version_and_errors(ha_daemon: Daemon) -> None:
         assert r.status_code == 400 and set(r.json()) == {"error"}
 
 
-async def test_embeddings_are_a_clear_501_in_both_dialects(ha_daemon: Daemon) -> None:
+async def test_embeddings_from_a_chat_only_model_are_a_clear_400_in_both_dialects(ha_daemon: Daemon) -> None:
+    """A model whose entry does not say ``embeddings:`` is not asked to embed: the error says how to enable it."""
     with pytest.raises(ollama.ResponseError) as err:
         await client(ha_daemon).embed(model="zoe-chat", input="hello")
-    assert err.value.status_code == 501 and "embeddings are not offered" in err.value.error
+    assert err.value.status_code == 400 and "does not serve embeddings" in err.value.error
     async with httpx.AsyncClient() as h:
         r = await h.post(ha_daemon.v1 + "/embeddings", json={"model": "zoe-chat", "input": "hello"})
-    assert r.status_code == 501 and r.json()["error"]["code"] == "not_implemented"
+    assert r.status_code == 400 and "embeddings:" in r.json()["error"]["message"]
