@@ -226,14 +226,6 @@ class TooManyRequests(ZoeError):
     code = "rate_limited"
 
 
-class NotImplementedHere(ZoeError):
-    """A documented endpoint this appliance does not offer (yet); the message says what to use."""
-
-    status = 501
-    type = "not_implemented"
-    code = "not_implemented"
-
-
 class ServiceUnavailable(ZoeError):
     """The local model cannot serve now (busy, loading failed, shutting down); retry later."""
 
