@@ -76,6 +76,9 @@ CROSS_FIELD = (
     "but the model's context is",
     "does not support 'dimensions'",  # a model that is not trained for cut vectors (matryoshka)
     "dimensions must be between",  # wider than the model's vectors
+    # a tool's or format's schema that is no JSON Schema (``else: 3``): its metaschema, which OpenAPI 3.0
+    # cannot state, says so; any valid schema is served
+    "the JSON schema is not valid",
 )
 
 
