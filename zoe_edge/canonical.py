@@ -10,6 +10,7 @@ serialised per generated token: the hot path stays a dict literal.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,22 @@ FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
 
 
 TOOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class Priority(str, enum.Enum):
+    """Who waits for whom on the one local model: voice turns before chat before automations."""
+
+    INTERACTIVE = "interactive"
+    NORMAL = "normal"
+    BACKGROUND = "background"
+
+    @property
+    def rank(self) -> int:
+        """0 is served first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.INTERACTIVE: 0, Priority.NORMAL: 1, Priority.BACKGROUND: 2}
 
 
 class ToolCallRef(BaseModel):
@@ -180,8 +197,13 @@ class Timings:
     """Wall-clock figures measured in the worker around llama.cpp calls, in milliseconds."""
 
     prompt_ms: float = 0.0
-    predicted_ms: float = 0.0
+    predicted_ms: float = 0.0  # decoding time, without the time the generation spent suspended
     load_ms: float = 0.0
+    # a background generation suspended for an interactive request: how often, for how long, and what
+    # saving and restoring its state cost (inside paused_ms)
+    suspensions: int = 0
+    paused_ms: float = 0.0
+    suspend_cost_ms: float = 0.0
 
     def per_second(self, usage: Usage) -> dict[str, float]:
         def rate(n: int, ms: float) -> float:

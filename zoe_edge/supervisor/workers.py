@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from zoe_edge.canonical import Event, GenerationRequest
 from zoe_edge.worker.client import WorkerProcess
+from zoe_edge.worker.control import GenerationControl
 from zoe_edge.worker.protocol import Embedded, LoadSpec, ModelInfo
 
 
@@ -38,9 +39,16 @@ class WorkerClient(Protocol):
         ...
 
     def generate(
-        self, req: GenerationRequest, stall_timeout: float, coalesce_ms: float = 0.0
+        self,
+        req: GenerationRequest,
+        stall_timeout: float,
+        coalesce_ms: float = 0.0,
+        control: GenerationControl | None = None,
     ) -> AsyncGenerator[Event, None]:
-        """Stream events; a death or stall arrives as an ``ErrorEvent`` (worker_crashed, worker_timeout)."""
+        """Stream events; a death or stall arrives as an ``ErrorEvent`` (worker_crashed, worker_timeout).
+
+        With ``control`` the generation can be suspended between tokens (the stream attaches its
+        transport, marks the first event and the end, and reports what the worker did)."""
         ...
 
     async def embed(self, texts: list[str], truncate: bool, timeout: float) -> Embedded:

@@ -43,6 +43,8 @@ class LoadSpec(BaseModel):
     # the supervisor's plan sizes it from the memory the model leaves spare
     prefix_cache_bytes: int = Field(default=0, ge=0)
     prefix_cache_min_tokens: int = Field(default=256, ge=1)
+    # the most a suspended generation's saved state may take (0: the worker never suspends); from the plan
+    suspend_bytes: int = Field(default=0, ge=0)
     # "only": an embedding context (no generation); "also": a generative one that also pools embeddings
     embeddings: Literal["none", "only", "also"] = "none"
     pooling: Literal["mean", "cls", "last"] | None = None  # None: the GGUF's own, mean when it names none
