@@ -72,8 +72,12 @@ class AdmissionSettings(BaseModel):
     deadline: float = 120.0
     min_residency: float = 10.0
     spare_worker: bool = True
+    # the longest a queued request waits while higher priorities are served before it goes next
+    starvation: float = 30.0
+    # an interactive request may suspend a background generation between two tokens
+    suspend: bool = True
 
-    @field_validator("deadline", "min_residency", mode="before")
+    @field_validator("deadline", "min_residency", "starvation", mode="before")
     @classmethod
     def _durations(cls, value: Any) -> float:
         seconds = parse_duration(value)

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Priority
 from zoe_edge.config import Settings
 from zoe_edge.errors import Failure, InvalidRequest, ServiceUnavailable, ZoeError
 from zoe_edge.gguf_info import GGUFError
@@ -180,7 +180,7 @@ class Supervisor:
     # --- the public verbs --------------------------------------------------------------------
 
     async def generate(
-        self, model: str, req: GenerationRequest, deadline: float | None = None
+        self, model: str, req: GenerationRequest, deadline: float | None = None, priority: Priority = Priority.NORMAL
     ) -> AsyncGenerator[Event, None]:
         """Stream one generation on ``model``, loading or swapping first if needed.
 
@@ -249,7 +249,13 @@ class Supervisor:
             log.warning("worker for %r died before answering (%s); retrying the request once", model, self.last_error)
 
     async def embed(
-        self, model: str, texts: list[str], deadline: float | None = None, *, truncate: bool = False
+        self,
+        model: str,
+        texts: list[str],
+        deadline: float | None = None,
+        *,
+        truncate: bool = False,
+        priority: Priority = Priority.NORMAL,
     ) -> Embedded:
         """One vector per text from ``model``, through the same admission, queue and swaps as a generation.
 
