@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Message, TextDelta, Usage
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Message, Priority, TextDelta, Usage
 from zoe_edge.errors import Failure, InvalidRequest, ServiceUnavailable, TooManyRequests, ZoeError
 from zoe_edge.registry import parse_registry
 from zoe_edge.routing.dispatch import Dispatcher
@@ -54,9 +54,13 @@ class FakeSlot:
     def __init__(self, outcome: ZoeError | list[Event]) -> None:
         self.outcome = outcome
         self.calls: list[tuple[str, float | None]] = []
+        self.priorities: list[Priority] = []
 
-    def generate(self, model: str, req: GenerationRequest, deadline: float | None = None) -> Any:
+    def generate(
+        self, model: str, req: GenerationRequest, deadline: float | None = None, priority: Priority = Priority.NORMAL
+    ) -> Any:
         self.calls.append((model, deadline))
+        self.priorities.append(priority)
         return _script(self.outcome)
 
 
@@ -155,3 +159,12 @@ async def test_nothing_could_serve_lists_every_target_with_the_soonest_retry() -
         await run(d)
     assert err.value.kind is Failure.NO_TARGET and err.value.retry_after == 4
     assert all(label in err.value.message for label in ("local:small", "cloud:big", "spare:big"))
+
+
+async def test_the_priority_reaches_the_local_slot_and_not_a_cloud_target() -> None:
+    slot = FakeSlot(ANSWER)
+    await run(dispatcher(slot), priority=Priority.BACKGROUND)
+    assert slot.priorities == [Priority.BACKGROUND]
+    slot = FakeSlot(ANSWER)
+    await run(dispatcher(slot))
+    assert slot.priorities == [Priority.NORMAL]  # the supervisor's own default when nobody decided

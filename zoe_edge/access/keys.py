@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from zoe_edge.canonical import Priority
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # ids of the keys that come from the daemon's settings rather than the registry
@@ -36,6 +38,8 @@ class KeyEntry(BaseModel):
     rpm: int | None = Field(default=None, ge=1, description="generation requests per minute")
     tpm: int | None = Field(default=None, ge=1, description="prompt + completion tokens per minute")
     daily_budget_usd: float | None = Field(default=None, ge=0, description="cloud spend per UTC day")
+    # the default for this key's requests on the local slot; a route's priority and the header beat it
+    priority: Priority | None = None
 
     @field_validator("key")
     @classmethod
@@ -62,6 +66,7 @@ class ClientKey:
     rpm: int | None = None
     tpm: int | None = None
     daily_budget_usd: float | None = None
+    priority: Priority | None = None
     digest: bytes = field(default=b"", repr=False)
 
     @property
@@ -121,6 +126,7 @@ class KeyTable:
                     rpm=entry.rpm,
                     tpm=entry.tpm,
                     daily_budget_usd=entry.daily_budget_usd,
+                    priority=entry.priority,
                     digest=resolve_digest(key_id, entry.key, base),
                 )
             )

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zoe_edge import validation
 from zoe_edge.cache.service import ResponseCache
-from zoe_edge.canonical import GenerationRequest, Sampling
+from zoe_edge.canonical import GenerationRequest, Priority, Sampling
 from zoe_edge.config import Settings
 from zoe_edge.errors import (
     InvalidRequest,
@@ -23,6 +23,7 @@ from zoe_edge.errors import (
     RequestTimeout,
 )
 from zoe_edge.registry import Registry
+from zoe_edge.routing import priority
 from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.service import RequestContext, Service
 from zoe_edge.service.config import LiveConfig
@@ -182,6 +183,23 @@ def parse_seconds(raw: str | None, name: str) -> float | None:
 def deadline_header(request: web.Request) -> float | None:
     """``X-Zoe-Deadline: <seconds>``: the longest this client will wait for the local model."""
     return parse_seconds(request.headers.get("X-Zoe-Deadline"), "X-Zoe-Deadline")
+
+
+def priority_header(request: web.Request) -> Priority | None:
+    """``X-Zoe-Priority: interactive|normal|background``: where this request queues for the local model;
+    any other value is a 400 (in the caller's dialect) naming the allowed ones."""
+    try:
+        return priority.parse_priority(request.headers.get(priority.HEADER))
+    except ValueError as exc:
+        raise InvalidRequest(f"{priority.HEADER} {exc}", param=priority.HEADER, code="invalid_priority") from None
+
+
+def request_headers(request: web.Request, ctx: RequestContext, traffic: priority.Traffic) -> None:
+    """What every generating or embedding endpoint reads from the headers before the body: the deadline,
+    the priority asked for and the front's traffic kind (the priority's default)."""
+    ctx.deadline = deadline_header(request)
+    ctx.requested_priority = priority_header(request)
+    ctx.traffic = traffic
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

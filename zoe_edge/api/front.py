@@ -17,11 +17,12 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
 
-from zoe_edge.api.common import GATEWAY, context, deadline_header, read_json
+from zoe_edge.api.common import GATEWAY, context, read_json, request_headers
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, ReasoningDelta, TextDelta, ToolCall
 from zoe_edge.errors import ZoeError
 from zoe_edge.routing.dispatch import Dispatched
+from zoe_edge.routing.priority import Traffic
 from zoe_edge.service import Collected, RequestContext, Service, collect
 
 log = logging.getLogger("zoe_edge.api")
@@ -76,6 +77,8 @@ class Answer(ABC):
 class Front(ABC, Generic[B]):
     """A wire format: its body model, its canonical request, its answers and its errors."""
 
+    traffic: Traffic = "other"  # which front, for the default priority of its requests
+
     @abstractmethod
     def parse(self, data: Any) -> B:
         """The validated body; a 400 naming the field otherwise."""
@@ -105,7 +108,7 @@ def gateway(request: web.Request) -> Service:
 async def serve(request: web.Request, front: Front[B]) -> web.StreamResponse:
     """The serve loop every generating endpoint shares."""
     ctx = context(request)
-    ctx.deadline = deadline_header(request)
+    request_headers(request, ctx, front.traffic)
     ctx.cache_control = request.headers.get("Cache-Control")
     body = front.parse(await read_json(request))
     replaced = await front.before(request, ctx, body)

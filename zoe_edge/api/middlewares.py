@@ -271,7 +271,7 @@ async def drain_guard(request: web.Request, handler: Handler) -> web.StreamRespo
 
 # the methods and request headers a browser may use cross-origin; the admin API is never offered
 CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, X-Request-Id, X-Zoe-Deadline, X-Api-Key, Anthropic-Version"
+CORS_HEADERS = "Authorization, Content-Type, X-Request-Id, X-Zoe-Deadline, X-Zoe-Priority, X-Api-Key, Anthropic-Version"
 
 
 def _cors_origin(request: web.Request) -> str | None:
@@ -307,5 +307,7 @@ async def cors_headers(request: web.Request, response: web.StreamResponse) -> No
     origin = _cors_origin(request)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, X-Zoe-Route, X-Zoe-Served-By, Retry-After"
+        response.headers["Access-Control-Expose-Headers"] = (
+            "X-Request-Id, X-Zoe-Route, X-Zoe-Served-By, X-Zoe-Priority, Retry-After"
+        )
         response.headers["Vary"] = "Origin"

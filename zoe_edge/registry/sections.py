@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zoe_edge.cache.config import RouteCacheMode
-from zoe_edge.canonical import Sampling
+from zoe_edge.canonical import Priority, Sampling
 from zoe_edge.registry.units import parse_duration
 
 _METRIC = re.compile(r"^[a-z_]+\.[a-z0-9_]+$")
@@ -137,6 +137,9 @@ class Route(BaseModel):
     description: str = ""
     # true: cache every answer; false: never; deterministic: only temperature 0 or seeded requests
     cache: RouteCacheMode = "deterministic"
+    # who waits for whom on the local slot; beats the key's priority, so one key can send voice turns and
+    # automations apart by the route each names (zoe_edge.routing.priority)
+    priority: Priority | None = None
 
     @field_validator("deadline", mode="before")
     @classmethod

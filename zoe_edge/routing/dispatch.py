@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Protocol
 
 from zoe_edge.assist import TurnPlan, plan_turn
-from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, Usage
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Priority, TextDelta, Usage
 from zoe_edge.errors import Failure, ServiceUnavailable, TooManyRequests, ZoeError
 from zoe_edge.gguf_info import GGUFError, read_chat_template
 from zoe_edge.registry import ModelEntry, Registry
+from zoe_edge.routing.priority import PriorityChoice
 from zoe_edge.routing.reasoning import NO_SPLIT, ReasoningSetup, resolve, split_reasoning
 from zoe_edge.routing.resolve import with_model_defaults
 from zoe_edge.routing.routes import RoutePlan, Skip, Target, effective_tool_choice, fallback_reason, thermal_skip
@@ -48,6 +49,11 @@ def header_text(text: str) -> str:
     return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
 
 
+def priority_headers(choice: PriorityChoice) -> dict[str, str]:
+    """The priority a request was queued at and which source decided it."""
+    return {"x-zoe-priority": choice.priority.value, "x-zoe-priority-reason": header_text(choice.reason)}
+
+
 @dataclass
 class Dispatched:
     plan: RoutePlan
@@ -58,6 +64,7 @@ class Dispatched:
     cache: str | None = None  # hit | miss | bypass, from the response cache
     turn: str | None = None  # how the assist turn planner shaped a local answer, when it did
     context: ContextDecision | None = None  # the context size the slot served a local answer at, and why
+    priority: PriorityChoice | None = None  # the priority the gateway chose, and why
 
     def headers(self) -> dict[str, str]:
         out = {"x-zoe-route": self.plan.reason, "x-zoe-served-by": self.served_by.label}
@@ -70,6 +77,8 @@ class Dispatched:
         if self.context is not None:
             out["x-zoe-context"] = str(self.context.n_ctx)
             out["x-zoe-context-reason"] = header_text(self.context.reason)
+        if self.priority is not None:
+            out.update(priority_headers(self.priority))
         return out
 
     def fallback_reason(self) -> str | None:
@@ -130,7 +139,13 @@ class Dispatcher:
         return plan_turn(req, settings.answers)
 
     def _open(
-        self, target: Target, req: GenerationRequest, deadline: float | None, turn: TurnPlan, registry: Registry
+        self,
+        target: Target,
+        req: GenerationRequest,
+        deadline: float | None,
+        turn: TurnPlan,
+        registry: Registry,
+        priority: Priority = Priority.NORMAL,
     ) -> AsyncGenerator[Event, None]:
         if target.local:
             # cloud models plan their own turns; the planner shapes what a small local model is asked
@@ -138,7 +153,8 @@ class Dispatcher:
                 return _spoken(turn.answer)
             entry = registry.models[target.model]
             local = with_model_defaults(req, entry)
-            events = self.supervisor.generate(target.model, local, deadline)
+            # the slot's queue serves higher priorities first; a cloud target has its own queue, so only here
+            events = self.supervisor.generate(target.model, local, deadline, priority=priority)
             # a raw prompt is the client's own text, not the template's: no block opens where it expects
             if local.messages is None or (entry.reasoning == "none" and local.think is not False):
                 return events
@@ -218,6 +234,7 @@ class Dispatcher:
         local_only: str | None = None,
         retry_after: float = 3600.0,
         registry: Registry | None = None,
+        priority: Priority = Priority.NORMAL,
     ) -> Dispatched:
         """The first target that starts answering, with its first event already read.
 
@@ -226,6 +243,7 @@ class Dispatcher:
         ``local_only`` (why, e.g. a key over its daily budget) skips every cloud target; a plan with
         no local target then is a 429 that says why and when the budget renews (``retry_after``).
         ``registry``: the one the plan was made with (a reload may have replaced the dispatcher's since).
+        ``priority``: where the request queues for the local slot.
         """
         registry = registry if registry is not None else self.registry
         if local_only is not None and not any(t.local for t in plan.targets):
@@ -252,7 +270,7 @@ class Dispatcher:
                 if alone:
                     raise ServiceUnavailable(str(unusable), code=unusable.kind, retry_after=60)
                 continue
-            events = self._open(target, local_req if target.local else req, wait, turn, registry)
+            events = self._open(target, local_req if target.local else req, wait, turn, registry, priority)
             try:
                 first = await anext(events, None)
             except ZoeError as exc:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from zoe_edge.assist.utterance import classify as classify_utterance
-from zoe_edge.canonical import GenerationRequest, ToolChoice
+from zoe_edge.canonical import GenerationRequest, Priority, ToolChoice
 from zoe_edge.errors import Failure, ModelNotFound
 from zoe_edge.registry import AutoRouting, AutoRule, Registry, Route, SelectTarget, ToolChoicePolicy
 from zoe_edge.routing.select import Selection, select_model
@@ -53,6 +53,12 @@ class RoutePlan:
     reason: str
     defaults_from: Route | None = None  # per-route parameter overrides
     tool_choice: ToolChoicePolicy | None = None  # from the auto rule, else from the route
+    priority: Priority | None = None  # the route's ``priority:`` (of the route the auto router chose)
+
+    @property
+    def route_priority(self) -> tuple[str, Priority] | None:
+        """``(route, priority)`` when the route sets one (what ``choose_priority`` takes), else ``None``."""
+        return (self.route, self.priority) if self.priority is not None else None
 
 
 def parse_target(spec: str) -> Target:
@@ -141,7 +147,14 @@ def plan_request(
         inner = plan_request(registry, chosen, req, fits, sizes)
         policy = rule.tool_choice if rule and rule.tool_choice else inner.tool_choice
         return RoutePlan(
-            requested, inner.route, inner.targets, inner.deadline, f"{chosen} ({why})", inner.defaults_from, policy
+            requested,
+            inner.route,
+            inner.targets,
+            inner.deadline,
+            f"{chosen} ({why})",
+            inner.defaults_from,
+            policy,
+            inner.priority,
         )
     if requested in registry.models:
         return RoutePlan(requested, requested, (Target(requested),), None, f"{requested} (model)")
@@ -164,7 +177,16 @@ def plan_request(
         if not targets:
             raise ModelNotFound(f"route {requested!r} has no usable target: {'; '.join(notes)}", param="model")
         reason = f"{requested} (route{'; ' + '; '.join(notes) if notes else ''})"
-        return RoutePlan(requested, requested, tuple(targets), route.deadline, reason, route, route.params.tool_choice)
+        return RoutePlan(
+            requested,
+            requested,
+            tuple(targets),
+            route.deadline,
+            reason,
+            route,
+            route.params.tool_choice,
+            route.priority,
+        )
     known = ", ".join(registry.names())
     raise ModelNotFound(f"The model {requested!r} does not exist. Available: {known}", param="model")
 

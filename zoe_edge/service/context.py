@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 
 from zoe_edge.access.keys import ClientKey
+from zoe_edge.canonical import Priority
+from zoe_edge.routing.priority import DEFAULT, PriorityChoice, Traffic
 from zoe_edge.usage.record import UsageRecord
 
 
@@ -22,6 +24,17 @@ class RequestContext:
     error: str | None = None  # the message of the error the request ended with
     deadline: float | None = None  # X-Zoe-Deadline: the longest this client waits for the local model
     cache_control: str | None = None  # the request's Cache-Control header
+    # X-Zoe-Priority as the client sent it (None: absent), and the front it came through: the gateway
+    # decides the priority from these, the route and the key (zoe_edge.routing.priority)
+    requested_priority: Priority | None = None
+    traffic: Traffic = "other"
+    priority: PriorityChoice = DEFAULT  # the decision, once the gateway made it
+
+    def use_priority(self, choice: PriorityChoice) -> None:
+        self.priority = choice
+        if self.usage is not None:
+            self.usage.priority = choice.priority.value
+            self.usage.priority_reason = choice.reason
 
     def use_key(self, key: ClientKey) -> None:
         self.key = key

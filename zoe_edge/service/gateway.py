@@ -24,9 +24,10 @@ from zoe_edge.canonical import Finish, GenerationRequest
 from zoe_edge.errors import Failure, Forbidden, InvalidRequest, TooManyRequests, ZoeError
 from zoe_edge.gguf_info import GGUFError, GGUFInfo, read_gguf
 from zoe_edge.registry import Registry
-from zoe_edge.routing.dispatch import Dispatched, Dispatcher
+from zoe_edge.routing.dispatch import Dispatched, Dispatcher, priority_headers
 from zoe_edge.routing.names import Resolved, registry_name, resolve_name
-from zoe_edge.routing.routes import has_selection
+from zoe_edge.routing.priority import PriorityChoice, choose_priority, traffic_priority
+from zoe_edge.routing.routes import RoutePlan, has_selection
 from zoe_edge.service.context import RequestContext
 from zoe_edge.supervisor import Supervisor
 from zoe_edge.supervisor.planner import plan_entry
@@ -78,6 +79,16 @@ def shorten(vector: list[float], dimensions: int) -> list[float]:
     head = vector[:dimensions]
     norm = math.sqrt(sum(x * x for x in head))
     return [x / norm for x in head] if norm > 0 else head
+
+
+def decide_priority(ctx: RequestContext, plan: RoutePlan, req: GenerationRequest) -> PriorityChoice:
+    """This request's priority from its header, its route, its key and its traffic (see
+    :func:`zoe_edge.routing.priority.choose_priority`)."""
+    key = ctx.key
+    key_priority = (key.id, key.priority) if key is not None and key.priority is not None else None
+    return choose_priority(
+        ctx.requested_priority, plan.route_priority, key_priority, traffic_priority(req, ctx.traffic)
+    )
 
 
 def locality(dispatched: Dispatched) -> str:
@@ -190,11 +201,13 @@ class Gateway:
         req = req.model_copy(update={"model": resolved.name})
         if rec is not None:
             rec.route = plan.route
+        ctx.use_priority(decide_priority(ctx, plan, req))
+        priority = ctx.priority.priority
         # the key's permissions were checked above, so a key that may not use a model gets none of its cached answers
         looked = await self.cache.lookup(plan, req, cache, ctx.cache_control)
         ctx.cache = looked.status
         # an error from here on still tells the client which route it took (and which target failed)
-        ctx.route_headers = {"x-zoe-route": plan.reason}
+        ctx.route_headers = {"x-zoe-route": plan.reason, **priority_headers(ctx.priority)}
         SERVED_CONTEXT.set(None)  # set by the supervisor when the slot serves this request
         try:
             # a hit replays the stored answer and never calls dispatch: no supervisor, no upstream
@@ -202,18 +215,38 @@ class Gateway:
                 looked,
                 plan,
                 lambda: self.dispatcher.dispatch(
-                    plan, req, ctx.deadline, local_only, retry_after=seconds_to_midnight(time.time()), registry=registry
+                    plan,
+                    req,
+                    ctx.deadline,
+                    local_only,
+                    retry_after=seconds_to_midnight(time.time()),
+                    registry=registry,
+                    priority=priority,
                 ),
             )
         except ZoeError as exc:
             if exc.target is not None:
-                ctx.route_headers = {"x-zoe-route": plan.reason, "x-zoe-served-by": exc.target}
+                ctx.route_headers = {
+                    "x-zoe-route": plan.reason,
+                    "x-zoe-served-by": exc.target,
+                    **priority_headers(ctx.priority),
+                }
             raise
+        # a cached answer waited for nobody, but says the priority the request had
+        dispatched.priority = ctx.priority
         if dispatched.served_by.local and dispatched.cache != "hit":
             dispatched.context = SERVED_CONTEXT.get()
         ctx.served_by = dispatched.served_by.label
         ctx.route_headers = dispatched.headers()
-        log.info("route %s -> %s (cache %s: %s)", plan.reason, dispatched.served_by.label, looked.status, looked.reason)
+        log.info(
+            "route %s -> %s (cache %s: %s; priority %s: %s)",
+            plan.reason,
+            dispatched.served_by.label,
+            looked.status,
+            looked.reason,
+            priority.value,
+            ctx.priority.reason,
+        )
         if rec is not None and self.observer is not None:
             await self._record(ctx, rec, self.observer, dispatched)
         return dispatched
@@ -228,6 +261,7 @@ class Gateway:
         if isinstance(dispatched.first, Finish):
             # an empty answer: the first event is the last, so the row is committed before any byte is sent
             rec.add_usage(dispatched.first.usage)
+            rec.add_timings(dispatched.first.timings)
             rec.status = 200
             await observer.finish(rec, ctx.cache)
         else:
@@ -281,6 +315,8 @@ class Gateway:
         model = resolved.model
         if rec is not None:
             rec.route = resolved.plan.route
+        # no canonical request: an embedding's traffic default does not read one
+        ctx.use_priority(decide_priority(ctx, resolved.plan, GenerationRequest(model=resolved.name, messages=[])))
         if model is None:
             raise InvalidRequest(
                 f"{resolved.name!r} has only cloud targets; embeddings are served by local models only", param="model"
@@ -293,10 +329,14 @@ class Gateway:
                 param="dimensions",
             )
         ctx.served_by = f"local:{model}"
-        ctx.route_headers = {"x-zoe-route": resolved.plan.reason, "x-zoe-served-by": ctx.served_by}
+        ctx.route_headers = {
+            "x-zoe-route": resolved.plan.reason,
+            "x-zoe-served-by": ctx.served_by,
+            **priority_headers(ctx.priority),
+        }
         swaps = self.supervisor.swap_records
         last = swaps[-1] if swaps else None
-        out = await self.supervisor.embed(model, texts, ctx.deadline, truncate=truncate)
+        out = await self.supervisor.embed(model, texts, ctx.deadline, truncate=truncate, priority=ctx.priority.priority)
         swaps = self.supervisor.swap_records
         load_ms = swaps[-1].duration_ms if swaps and swaps[-1] is not last and swaps[-1].model == model else 0.0
         vectors = out.vectors

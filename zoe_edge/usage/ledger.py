@@ -68,6 +68,9 @@ class Ledger:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(query.SCHEMA)
         conn.commit()
+        added = query.migrate(conn)
+        if added:
+            log.info("usage ledger %s: added column(s) %s; existing rows kept", self.path, ", ".join(added))
         self._conn = conn
 
     async def close(self) -> None:

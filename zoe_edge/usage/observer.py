@@ -82,6 +82,7 @@ class Observer:
             async for event in events:
                 if isinstance(event, Finish):
                     rec.add_usage(event.usage)
+                    rec.add_timings(event.timings)
                     rec.status = 200
                     await self.finish(rec, cache())
                 elif isinstance(event, ErrorEvent):

@@ -17,10 +17,44 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
 
+# columns added after the first ledgers were written, with the value their old rows get: nothing was
+# ever suspended before the scheduler could suspend, and which priority an old request had is unknown
+ADDED_COLUMNS: dict[str, str | None] = {
+    "priority": None,
+    "priority_reason": None,
+    "suspensions": "0",
+    "paused_ms": "0",
+    "suspend_cost_ms": "0",
+}
+
+
+def columns_of(conn: sqlite3.Connection) -> set[str]:
+    return {str(r[1]) for r in conn.execute("PRAGMA table_info(usage)")}
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Add the columns an older ledger file lacks, keeping its rows; the columns added (committed)."""
+    present = columns_of(conn)
+    added = [c for c in COLUMNS if c not in present]
+    for column in added:
+        default = ADDED_COLUMNS.get(column)
+        # column names come from COLUMNS, never from input; an added column with a constant default is
+        # filled in for every old row without rewriting the table
+        conn.execute(f"ALTER TABLE usage ADD COLUMN {column}" + (f" DEFAULT {default}" if default else ""))
+    conn.commit()
+    return added
+
+
+def _col(present: set[str], column: str, sql: str, missing: str) -> str:
+    """``sql`` when the column exists; ``missing`` for a file an older daemon wrote (read before it migrates)."""
+    return sql if column in present else missing
+
+
 GROUPS = {
     "key": "COALESCE(key_id, '-')",
     "model": "COALESCE(target, '-')",
     "route": "COALESCE(route, '-')",
+    "priority": "COALESCE(priority, '-')",
     "day": "date(ts, 'unixepoch')",
 }
 _AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
@@ -53,12 +87,16 @@ def parse_since(value: str | None, now: float) -> float:
 
 
 def summarize(conn: sqlite3.Connection, since: float, group_by: str) -> list[dict[str, Any]]:
-    """One row per group: requests, errors, local/cloud split, cache hits, tokens, cost, mean latency."""
-    expr = GROUPS[group_by]
+    """One row per group: requests, errors, local/cloud split, cache hits, tokens, cost, mean latency, and
+    how many requests were suspended for a higher priority and for how long in all."""
+    present = columns_of(conn)
+    expr = _col(present, "priority", GROUPS[group_by], "'-'") if group_by == "priority" else GROUPS[group_by]
+    suspended = _col(present, "suspensions", "SUM(suspensions > 0)", "0")
+    paused = _col(present, "paused_ms", "SUM(paused_ms)", "0")
     sql = f"""
         SELECT {expr} AS grp, COUNT(*), SUM(status >= 400), SUM(locality = 'local'), SUM(locality = 'cloud'),
                SUM(cache = 'hit'), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd),
-               AVG(duration_ms), AVG(ttft_ms)
+               AVG(duration_ms), AVG(ttft_ms), {suspended}, {paused}
         FROM usage WHERE ts >= ? GROUP BY grp ORDER BY grp
     """
     out = []
@@ -76,14 +114,18 @@ def summarize(conn: sqlite3.Connection, since: float, group_by: str) -> list[dic
                 "cost_usd": round(r[8] or 0.0, 6),
                 "mean_duration_ms": None if r[9] is None else round(r[9], 1),
                 "mean_ttft_ms": None if r[10] is None else round(r[10], 1),
+                "suspended": r[11] or 0,
+                "paused_ms": round(r[12] or 0.0, 1),
             }
         )
     return out
 
 
 def recent_rows(conn: sqlite3.Connection, since: float, limit: int) -> list[dict[str, Any]]:
-    """The newest rows since ``since``, oldest first."""
-    sql = f"SELECT {', '.join(COLUMNS)} FROM usage WHERE ts >= ? ORDER BY id DESC LIMIT ?"
+    """The newest rows since ``since``, oldest first; every column, ``None`` where an older file lacks one."""
+    present = columns_of(conn)
+    select = ", ".join(c if c in present else "NULL" for c in COLUMNS)
+    sql = f"SELECT {select} FROM usage WHERE ts >= ? ORDER BY id DESC LIMIT ?"
     rows = [dict(zip(COLUMNS, r, strict=True)) for r in conn.execute(sql, (since, limit))]
     rows.reverse()
     return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zoe_edge.canonical import Usage
+from zoe_edge.canonical import Timings, Usage
 from zoe_edge.errors import Failure
 
 # the endpoints whose requests are generations (and get a ledger row even when they fail)
@@ -49,6 +49,12 @@ class UsageRecord:
     status: int = 0
     error: str | None = None
     stream: bool = False
+    priority: str | None = None  # interactive | normal | background, as the gateway chose it
+    priority_reason: str | None = None  # which source decided (header, route, key, traffic default)
+    # a background generation suspended for an interactive one: how often, how long, and what it cost
+    suspensions: int = 0
+    paused_ms: float = 0.0
+    suspend_cost_ms: float = 0.0
     skipped: list[Failure] = field(default_factory=list)  # why each target passed over was, as kinds
     done: bool = False  # sent to the sinks (exactly once)
 
@@ -56,6 +62,11 @@ class UsageRecord:
         self.prompt_tokens = usage.prompt_tokens
         self.completion_tokens = usage.completion_tokens
         self.cached_tokens = usage.cached_tokens
+
+    def add_timings(self, timings: Timings) -> None:
+        self.suspensions = timings.suspensions
+        self.paused_ms = round(timings.paused_ms, 3)
+        self.suspend_cost_ms = round(timings.suspend_cost_ms, 3)
 
 
 COLUMNS = (
@@ -77,6 +88,12 @@ COLUMNS = (
     "cost_usd",
     "status",
     "error",
+    # added with priorities (#18); an older ledger file gains them by migration (query.migrate)
+    "priority",
+    "priority_reason",
+    "suspensions",
+    "paused_ms",
+    "suspend_cost_ms",
 )
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from zoe_edge.api.anthropic.render import AnthropicAnswer, error_response
 from zoe_edge.api.anthropic.requests import CountTokensRequest, MessagesRequest
-from zoe_edge.api.common import context, deadline_header, parse_body, read_json
+from zoe_edge.api.common import context, parse_body, read_json, request_headers
 from zoe_edge.api.front import Answer, Front, gateway, serve
 from zoe_edge.cache.config import CacheControls
 from zoe_edge.canonical import ErrorEvent, GenerationRequest
@@ -19,6 +19,8 @@ from zoe_edge.service import RequestContext, collect
 
 
 class MessagesFront(Front[MessagesRequest]):
+    traffic = "anthropic-messages"
+
     def error_response(self, exc: ZoeError) -> web.Response:
         return error_response(exc)
 
@@ -51,7 +53,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     resolution, key rules and routing. The one-token answer is never stored in the response cache.
     """
     ctx = context(request)
-    ctx.deadline = deadline_header(request)
+    request_headers(request, ctx, "anthropic-count-tokens")
     body = parse_body(CountTokensRequest, await read_json(request))
     req = body.to_canonical().model_copy(update={"max_tokens": 1, "stream": False})
     dispatched = await gateway(request).generate(ctx, body.model, req, CacheControls(no_store=True))

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
-from zoe_edge.api.common import SUPERVISOR, context, deadline_header, parse_body, read_json
+from zoe_edge.api.common import SUPERVISOR, context, parse_body, read_json, request_headers
 from zoe_edge.api.front import gateway
 from zoe_edge.api.ollama import listing
 from zoe_edge.api.ollama.requests import ModelAndKeepAlive
@@ -42,7 +42,7 @@ async def _embed(
 ) -> tuple[RequestContext, Embedded | None]:
     """The vectors, or ``None`` when there was nothing to embed and the model was only loaded."""
     ctx = context(request)
-    ctx.deadline = deadline_header(request)
+    request_headers(request, ctx, "ollama-embed")
     given, seconds = body.keep_alive_seconds()  # a bad keep_alive is a 400 before anything loads
     service = gateway(request)
     # the supervisor's registry is the one in force (a reload hands it the new one)

@@ -98,6 +98,8 @@ class OllamaAnswer(Answer):
 class OllamaFront(Front[ChatRequest | GenerateRequest]):
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
+        # /api/chat is Home Assistant's conversation agent (the voice path) and its AI Task entity
+        self.traffic = "ollama-chat" if kind == "chat" else "ollama-generate"
 
     def error_response(self, exc: ZoeError) -> web.Response:
         return error_response(exc)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import Field
 
-from zoe_edge.api.common import Lenient, context, deadline_header, parse_body, read_json
+from zoe_edge.api.common import Lenient, context, parse_body, read_json, request_headers
 from zoe_edge.api.front import gateway
 from zoe_edge.errors import InvalidRequest
 
@@ -54,7 +54,7 @@ def encode(vector: list[float], encoding: str) -> list[float] | str:
 
 async def embeddings(request: web.Request) -> web.Response:
     ctx = context(request)
-    ctx.deadline = deadline_header(request)
+    request_headers(request, ctx, "openai-embeddings")
     body = parse_body(EmbeddingsRequest, await read_json(request))
     texts = body.texts()
     out = await gateway(request).embed(ctx, body.model, texts, body.dimensions)

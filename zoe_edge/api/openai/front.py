@@ -19,6 +19,8 @@ from zoe_edge.service import RequestContext
 
 
 class ChatFront(Front[ChatCompletionRequest]):
+    traffic = "openai-chat"
+
     def error_response(self, exc: ZoeError) -> web.Response:
         return error_response(exc)
 
@@ -33,6 +35,8 @@ class ChatFront(Front[ChatCompletionRequest]):
 
 
 class CompletionFront(Front[CompletionRequest]):
+    traffic = "openai-completions"
+
     def error_response(self, exc: ZoeError) -> web.Response:
         return error_response(exc)
 

@@ -43,6 +43,8 @@ def not_found(response_id: str, param: str | None = None) -> ResponseNotFound:
 
 
 class ResponsesFront(Front[ResponsesRequest]):
+    traffic = "responses"
+
     def __init__(self, store: ResponseStore) -> None:
         self.store = store
 
