@@ -1,4 +1,5 @@
-"""The slot's pure decisions: who goes next, how long a newcomer waits, how long a failure rests."""
+"""The slot's pure decisions: who goes next, how long a newcomer waits, when a generation pauses, how long a
+failure rests."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ from dataclasses import dataclass
 
 import pytest
 
+from zoe_edge.canonical import Priority
 from zoe_edge.supervisor.scheduler import (
     DEFAULT_LOAD_S,
     DEFAULT_SERVICE_S,
+    SUSPEND_OVERHEAD_S,
     Choice,
+    Running,
+    Speed,
     Waiting,
     backoff_s,
     choose_next,
     ewma,
+    next_while_suspended,
+    predict_wait,
+    should_suspend,
 )
-from zoe_edge.supervisor.scheduler import expected_wait as _expected_wait
 
 W = Waiting
 
@@ -202,72 +209,179 @@ def test_light_alternating_traffic_swaps_every_time() -> None:
     assert all(r.picked == r.arrived for r in served)
 
 
-# --- expected_wait -----------------------------------------------------------------------------
+# --- predict_wait ------------------------------------------------------------------------------
+
+I, N, B = Priority.INTERACTIVE, Priority.NORMAL, Priority.BACKGROUND
+# 1 ms per prompt token, 10 ms per generated token, nothing cached; loads as given per test
+FAST = Speed(prompt_s_per_token=0.001, decode_s_per_token=0.01, completion_tokens=50.0)
 
 
-def expected_wait(
+def wait(
     queue: Sequence[Waiting] = (),
     *,
-    busy_with: str | None = None,
-    loaded: str | None = None,
+    running: Running | None = None,
+    loaded: str | None = "a",
     target: str = "a",
-    service_s: dict[str, float] | None = None,
-    load_s: dict[str, float] | None = None,
+    priority: Priority = N,
+    speeds: dict[str, Speed] | None = None,
+    now: float = 100.0,
+    starvation_s: float = 30.0,
 ) -> float:
-    return _expected_wait(
-        queue,
-        busy_with=busy_with,
+    return predict_wait(
+        target,
+        priority,
+        queue=queue,
+        running=running,
         loaded=loaded,
-        target=target,
-        service_s=service_s or {},
-        load_s=load_s or {},
-    )
+        speeds=speeds if speeds is not None else {"a": FAST},
+        now=now,
+        starvation_s=starvation_s,
+    ).wait_s
 
 
 def test_wait_idle_and_empty() -> None:
-    assert expected_wait(loaded=None, target="a", load_s={"a": 7.0}) == 7.0  # its own load only
-    assert expected_wait(loaded="b", target="a", load_s={"a": 7.0, "b": 3.0}) == 7.0
-    assert expected_wait(loaded="a", target="a", load_s={"a": 7.0}) == 0.0
+    assert wait(loaded=None, speeds={"a": Speed(load_s=7.0)}) == 7.0  # its own load only
+    assert wait(loaded="b", speeds={"a": Speed(load_s=7.0), "b": Speed(load_s=3.0)}) == 7.0
+    assert wait(loaded="a") == 0.0
 
 
-def test_wait_busy_adds_half_the_in_flight_request() -> None:
-    assert expected_wait(busy_with="a", loaded="a", target="a", service_s={"a": 4.0}) == 2.0  # 4 / 2
+def test_wait_for_the_running_request_is_its_budget_left() -> None:
+    # 200 prompt tokens (0.2 s) + 512 tokens (5.12 s), running for 1 s: 4.32 s left
+    running = Running("a", N, started_at=99.0, prompt_tokens=200, max_tokens=512)
+    assert wait(running=running) == pytest.approx(4.32)
+    # without max_tokens the model's typical answer (50 tokens, 0.5 s) stands in; an overrun is 0, not negative
+    assert wait(running=Running("a", N, started_at=99.9, max_tokens=None)) == pytest.approx(0.4)
+    assert wait(running=Running("a", N, started_at=50.0, max_tokens=None)) == 0.0
 
 
-def test_wait_queue_adds_each_service() -> None:
-    # 4/2 in flight + 4 + 4 queued
-    queue = [W("a", 1.0), W("a", 2.0)]
-    assert expected_wait(queue, busy_with="a", loaded="a", target="a", service_s={"a": 4.0}) == 10.0
+def test_wait_for_an_unmeasured_running_request_is_half_the_default() -> None:
+    assert wait(running=Running("x", N, 99.0), loaded="x", target="x", speeds={}) == DEFAULT_SERVICE_S / 2
+
+
+def test_wait_counts_each_queued_request_by_its_prompt_and_budget() -> None:
+    queue = [W("a", 1.0, N, prompt_tokens=100, max_tokens=10), W("a", 2.0, N, prompt_tokens=0, max_tokens=None)]
+    # 0.1 + 0.1, then 0 + 50 x 0.01
+    assert wait(queue) == pytest.approx(0.7)
+
+
+def test_wait_skips_lower_priorities_unless_they_starve() -> None:
+    queue = [W("a", 90.0, B, max_tokens=100), W("a", 97.0, N, max_tokens=100)]
+    assert wait(queue, priority=I) == 0.0  # both go after an interactive request
+    assert wait(queue, priority=N) == pytest.approx(1.0)  # the normal one is ahead (FIFO among equals)
+    assert wait(queue, priority=B) == pytest.approx(2.0)
+    # the background one has waited 10 s; with a 5 s starvation bound it goes before everyone
+    assert wait(queue, priority=I, starvation_s=5.0) == pytest.approx(1.0)
+
+
+def test_an_interactive_newcomer_waits_only_for_the_pause_of_a_background_generation() -> None:
+    running = Running("a", B, started_at=99.0, max_tokens=512, suspendable=True)
+    assert wait(running=running, priority=I) == pytest.approx(0.01 + SUSPEND_OVERHEAD_S)
+    # a normal newcomer does not suspend it, nor does an interactive one when it cannot be suspended
+    assert wait(running=running, priority=N) == pytest.approx(4.12)
+    not_suspendable = Running("a", B, started_at=99.0, max_tokens=512, suspendable=False)
+    assert wait(running=not_suspendable, priority=I) == pytest.approx(4.12)
 
 
 def test_wait_counts_each_model_to_load_once() -> None:
-    queue = [W("b", 1.0), W("c", 2.0), W("b", 3.0), W("c", 4.0)]
-    got = expected_wait(
-        queue, loaded="a", target="b", service_s={"a": 1.0, "b": 3.0, "c": 2.0}, load_s={"b": 6.0, "c": 8.0}
-    )
-    # services 3 + 2 + 3 + 2 = 10; loads b 6 + c 8 = 14 (b once, though it is also the target)
-    assert got == 24.0
+    queue = [W("b", 1.0, max_tokens=10), W("c", 2.0, max_tokens=10), W("b", 3.0, max_tokens=10)]
+    speeds = {"b": Speed(decode_s_per_token=0.1, load_s=6.0), "c": Speed(decode_s_per_token=0.2, load_s=8.0)}
+    # services 1 + 2 + 1; loads b 6 + c 8 (b once, though it is also the target)
+    assert wait(queue, loaded="a", target="b", speeds=speeds) == pytest.approx(18.0)
 
 
 def test_wait_uses_defaults_for_unmeasured_models() -> None:
     assert (DEFAULT_SERVICE_S, DEFAULT_LOAD_S) == (5.0, 5.0)
     # in flight x: 5 / 2; queued y: 5; loads y 5 + z 5 (x is loaded)
-    got = expected_wait([W("y", 1.0)], busy_with="x", loaded="x", target="z")
+    got = wait([W("y", 1.0)], running=Running("x", N, 99.0), loaded="x", target="z", speeds={})
     assert got == 17.5
-    # measured figures replace the defaults model by model
-    got = expected_wait([W("y", 1.0)], busy_with="x", loaded="x", target="z", service_s={"y": 1.0}, load_s={"z": 2.0})
-    assert got == 2.5 + 1.0 + 5.0 + 2.0
 
 
 def test_wait_counts_reloading_the_target_after_other_models() -> None:
     # 'a' is loaded and past its residency; one 'b' request waits (t=1). A new 'a' request (t=20):
     # choose_next serves the older 'b' first (swap), then 'a' must be loaded again.
-    queue = [W("b", 1.0)]
+    queue = [W("b", 1.0, max_tokens=30)]
     first = choose_next([*queue, W("a", 20.0)], "a", 0.0, 20.0, 10.0)
     assert first is not None and first.index == 0 and first.swap
-    # real wait: load b 6 + serve b 3 + load a 7 = 16; the estimate says 9, too low by a's load
-    got = expected_wait(queue, loaded="a", target="a", service_s={"b": 3.0}, load_s={"a": 7.0, "b": 6.0})
-    assert got == 16.0
+    speeds = {"a": Speed(load_s=7.0), "b": Speed(decode_s_per_token=0.1, load_s=6.0)}
+    # load b 6 + serve b 3 + load a 7 = 16
+    assert wait(queue, loaded="a", target="a", speeds=speeds) == pytest.approx(16.0)
+
+
+def test_the_prediction_says_how_it_adds_up() -> None:
+    running = Running("a", N, started_at=99.0, max_tokens=512)
+    got = predict_wait(
+        "b",
+        N,
+        queue=[W("a", 1.0, max_tokens=10)],
+        running=running,
+        loaded="a",
+        speeds={"a": FAST, "b": Speed(load_s=2.0)},
+        now=100.0,
+    )
+    assert got.reason == "running request 4.12 s left + 1 queued ahead 0.10 s + load 'b' 2.0 s"
+
+
+# --- priorities, starvation, suspension ----------------------------------------------------------
+
+
+def test_higher_priority_goes_first_whatever_its_age() -> None:
+    queue = [W("a", 1.0, B), W("a", 2.0, N), W("a", 3.0, I)]
+    choice = choose_next(queue, "a", 0.0, 10.0, 10.0, starvation_s=30.0)
+    assert choice is not None and choice.index == 2 and "interactive first" in choice.reason
+    assert choose_next(queue[:2], "a", 0.0, 10.0, 10.0, starvation_s=30.0) == Choice(
+        1, False, "oldest request (normal first)"
+    )
+
+
+def test_priority_beats_residency() -> None:
+    # 'a' is resident and a normal request for it waits, but an interactive one for 'b' goes first
+    queue = [W("a", 1.0, N), W("b", 2.0, I)]
+    choice = choose_next(queue, "a", 9.0, 10.0, 10.0, starvation_s=30.0)
+    assert choice is not None and choice.index == 1 and choice.swap
+
+
+def test_a_starving_request_goes_before_every_priority() -> None:
+    queue = [W("a", 1.0, B), W("a", 50.0, I)]
+    choice = choose_next(queue, "a", 0.0, 40.0, 10.0, starvation_s=30.0)  # waited 39 s > 30 s
+    assert choice is not None and choice.index == 0 and "starvation" in choice.reason
+    fresh = choose_next(queue, "a", 0.0, 20.0, 10.0, starvation_s=30.0)  # waited 19 s
+    assert fresh is not None and fresh.index == 1
+
+
+def test_the_starvation_bound_holds_under_a_stream_of_voice_turns() -> None:
+    # one interactive turn of 2 s arrives every 2 s forever; a background job queued at t=0 is served
+    # by the first pick after it has waited the bound, never later
+    bound = 15.0
+    queue = [W("a", 0.0, B)]
+    now, served_at = 0.0, None
+    while served_at is None and now < 100:
+        queue.append(W("a", now, I))
+        choice = choose_next(queue, "a", 0.0, now, 0.0, starvation_s=bound)
+        assert choice is not None
+        picked = queue.pop(choice.index)
+        if picked.priority is B:
+            served_at = now
+        now += 2.0
+    assert served_at is not None and bound <= served_at <= bound + 2.0
+
+
+def test_should_suspend_only_a_suspendable_background_generation_for_interactive_requests() -> None:
+    background = Running("a", B, 0.0, suspendable=True)
+    assert should_suspend(background, [W("a", 1.0, I)], "a") is not None
+    assert should_suspend(background, [W("a", 1.0, N)], "a") is None
+    assert should_suspend(background, [W("b", 1.0, I)], "a") is None  # another model: no swap under a pause
+    assert should_suspend(Running("a", B, 0.0, suspendable=False), [W("a", 1.0, I)], "a") is None
+    assert should_suspend(Running("a", N, 0.0, suspendable=True), [W("a", 1.0, I)], "a") is None
+    assert should_suspend(None, [W("a", 1.0, I)], "a") is None
+
+
+def test_while_suspended_only_interactive_requests_run_then_it_resumes() -> None:
+    queue = [W("a", 1.0, N), W("a", 3.0, I), W("a", 2.0, I), W("b", 0.5, I)]
+    assert next_while_suspended(queue, "a", 10.0, 11.0, 30.0)[0] == 2  # the oldest interactive one for 'a'
+    index, why = next_while_suspended(queue[:1], "a", 10.0, 11.0, 30.0)
+    assert index is None and why == "no interactive request waits"
+    index, why = next_while_suspended(queue, "a", 10.0, 45.0, 30.0)  # paused 35 s: past the bound
+    assert index is None and "starvation" in why
 
 
 # --- backoff and ewma --------------------------------------------------------------------------

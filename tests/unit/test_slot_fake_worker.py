@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 import yaml
 
-from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Message, TextDelta, Timings, Usage
+from tests.fakes.worker import World
+from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Message, TextDelta
 from zoe_edge.config import Settings
-from zoe_edge.errors import Failure, ModelLoadFailed, ServiceUnavailable, WorkerFailed
+from zoe_edge.errors import Failure, ModelLoadFailed, ServiceUnavailable
 from zoe_edge.registry import load_registry
 from zoe_edge.supervisor import InvalidTransition, SlotState, Supervisor
 from zoe_edge.supervisor.state import TRANSITIONS, SlotMachine
-from zoe_edge.supervisor.workers import WorkerClient
-from zoe_edge.worker.protocol import LoadSpec, ModelInfo
 
-_pids = itertools.count(900_001)
-
-STATUS_KEYS = {"profile", "memory", "slot", "queue", "swaps", "failures", "models", "last_error"}
+STATUS_KEYS = {"profile", "memory", "slot", "queue", "scheduling", "swaps", "failures", "models", "last_error"}
 SLOT_KEYS = {
     "state",
     "model",
@@ -46,111 +41,6 @@ SLOT_KEYS = {
     "prefix_cache",
 }
 SWAP_KEYS = {"at", "from", "to", "duration_ms", "llama_load_ms", "gpu_layers", "n_ctx", "resize", "reason"}
-
-
-@dataclass
-class World:
-    """What the fake workers share: the test's knobs and a record of every worker made."""
-
-    workers: list[FakeWorker] = field(default_factory=list)
-    # generations (counted over all workers) whose worker dies before sending anything
-    deaths_before_first_token: int = 0
-    # models whose load fails as a bad file's would
-    broken: set[str] = field(default_factory=set)
-    # while set, a generation holds the slot after its first token until the test clears it
-    hold: asyncio.Event | None = None
-    tokens: tuple[str, ...] = ("Hello", " there")
-
-    def factory(self, label: str) -> WorkerClient:
-        worker = FakeWorker(self, label)
-        self.workers.append(worker)
-        return worker
-
-    def loaded(self) -> list[str]:
-        return [w.spec.name for w in self.workers if w.spec is not None]
-
-
-class FakeWorker:
-    """A worker that lives in this process: the same contract as WorkerProcess, the same failure shapes."""
-
-    def __init__(self, world: World, label: str) -> None:
-        self.world = world
-        self.label = label
-        self._pid: int | None = None
-        self._returncode: int | None = None
-        self.spec: LoadSpec | None = None
-        self.generations = 0
-        self._prefix_cache: dict[str, Any] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
-    def alive(self) -> bool:
-        return self._pid is not None and self._returncode is None
-
-    @property
-    def prefix_cache(self) -> dict[str, Any] | None:
-        return self._prefix_cache
-
-    async def start(self, timeout: float = 60.0) -> None:
-        if self._pid is not None:
-            raise WorkerFailed(f"{self.label} was started twice")
-        self._pid = next(_pids)
-        await asyncio.sleep(0)
-
-    async def load(self, spec: LoadSpec, timeout: float) -> ModelInfo:
-        if not self.alive:
-            raise ModelLoadFailed(f"model {spec.name!r} failed to load: {self.label} is not running")
-        if self.spec is not None:
-            raise ModelLoadFailed(f"{self.label} already holds {self.spec.name!r}; a worker loads once")
-        await asyncio.sleep(0.01)
-        if spec.name in self.world.broken:
-            raise ModelLoadFailed(f"model {spec.name!r} failed to load from {spec.path}: not a model")
-        self.spec = spec
-        assert self._pid is not None
-        return ModelInfo(
-            name=spec.name,
-            n_ctx=spec.n_ctx,
-            n_ctx_train=8192,
-            n_params=134_515_008,
-            size_bytes=1,
-            n_gpu_layers=spec.n_gpu_layers,
-            chat_template_source="gguf",
-            load_ms=10.0,
-            pid=self._pid,
-        )
-
-    async def generate(
-        self, req: GenerationRequest, stall_timeout: float, coalesce_ms: float = 0.0
-    ) -> AsyncGenerator[Event, None]:
-        if not self.alive or self.spec is None:
-            yield ErrorEvent("the model worker is not reachable: no socket", "worker_crashed", 503)
-            return
-        self.generations += 1
-        if self.world.deaths_before_first_token > 0:
-            self.world.deaths_before_first_token -= 1
-            self._returncode = -9  # as SIGKILL leaves it
-            yield ErrorEvent("the model worker was killed by SIGKILL during generation", "worker_crashed", 503)
-            return
-        for i, text in enumerate(self.world.tokens):
-            yield TextDelta(text)
-            if i == 0 and self.world.hold is not None:
-                await self.world.hold.wait()
-        self._prefix_cache = {"entries": 0}
-        yield Finish("stop", Usage(prompt_tokens=3, completion_tokens=len(self.world.tokens)), Timings(1.0, 2.0))
-
-    async def exit_status(self, wait: float) -> int | None:
-        return self._returncode
-
-    async def kill(self) -> None:
-        if self.alive:
-            self._returncode = -9
-
-    async def stop(self, grace: float = 5.0) -> None:
-        if self.alive:
-            self._returncode = -15
 
 
 def request(model: str) -> GenerationRequest:
@@ -294,7 +184,11 @@ async def test_busy_when_the_slot_is_taken_and_the_deadline_short(
         with pytest.raises(ServiceUnavailable) as full:
             await collect(sup, "a", deadline=60)
         assert full.value.kind is Failure.QUEUE_FULL
-        assert sup.status()["queue"] == {"length": 1, "by_model": {"a": 1}}
+        assert sup.status()["queue"] == {
+            "length": 1,
+            "by_model": {"a": 1},
+            "by_priority": {"interactive": 0, "normal": 1, "background": 0},
+        }
         world.hold.set()
         rest = [event async for event in stream]
         assert isinstance(rest[-1], Finish)

@@ -52,6 +52,7 @@ def load_spec(
     gpu_layers: int,
     prefix_cache_bytes: int = 0,
     n_ctx: int | None = None,
+    suspend_bytes: int = 0,
 ) -> LoadSpec:
     ctx = entry.n_ctx if n_ctx is None else n_ctx
     return LoadSpec(
@@ -65,6 +66,7 @@ def load_spec(
         kv_cache_type=entry.kv_cache_type,
         tool_format=entry.tool_format,
         prefix_cache_bytes=prefix_cache_bytes,
+        suspend_bytes=suspend_bytes,
         embeddings="only" if entry.embeddings is True else "also" if entry.embeddings else "none",
         pooling=entry.pooling,
     )
@@ -299,8 +301,10 @@ class Loader:
         self.machine.move(SlotState.LOADING, why, model=model)
         self.plan = plan
         path = self.model_file(model)
+        entry = self.registry.models[model]
+        suspend_bytes = plan.suspend_bytes if self.admission.suspend and entry.generates else 0
         spec = load_spec(
-            model, self.registry.models[model], path, plan.gpu_layers, plan.prefix_cache_bytes, plan.n_ctx or None
+            model, entry, path, plan.gpu_layers, plan.prefix_cache_bytes, plan.n_ctx or None, suspend_bytes
         )
         try:
             worker = await self.take_spare(model)

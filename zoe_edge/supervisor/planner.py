@@ -84,6 +84,9 @@ class Plan:
     prefix_cache_reason: str = ""
     n_ctx: int = 0  # the context this plan is for
     verdict: str = ""  # the reason without the breakdown ("does not fit: needs ...")
+    # host memory held for one suspended generation's KV cells (0: generations are never suspended)
+    suspend_bytes: int = 0
+    suspend_reason: str = ""
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -139,7 +142,8 @@ def plan_model(
     # snapshots are host memory: on a discrete GPU only the layers left on the CPU compete for it
     on_gpu = layers / all_layers if profile.kind == "discrete-gpu" else 0.0
     in_ram = int((weights + kv) * (1 - on_gpu)) + overhead + (0 if on_gpu else compute)
-    prefix, prefix_why = plan_prefix_cache(fits, ram - in_ram, kv, prefix_cache_cap)
+    suspend, suspend_why = plan_suspension(fits, ram - in_ram, kv)
+    prefix, prefix_why = plan_prefix_cache(fits, ram - in_ram - suspend, kv, prefix_cache_cap)
     return Plan(
         name,
         fits,
@@ -155,7 +159,23 @@ def plan_model(
         prefix_why,
         n_ctx,
         why,
+        suspend,
+        suspend_why,
     )
+
+
+def plan_suspension(fits: bool, spare: int, kv_full: int) -> tuple[int, str]:
+    """Host memory for the state of one suspended generation, and why.
+
+    A suspended sequence holds at most a full context of KV cells, copied to host memory while an
+    interactive request runs; it is reserved before the prefix cache takes its share, so a pause
+    never has to evict snapshots or push the board into swap.
+    """
+    if not fits:
+        return 0, "suspension off: the model does not fit"
+    if spare < kv_full:
+        return 0, f"suspension off: {_mb(max(0, spare))} spare is less than one context's KV {_mb(kv_full)}"
+    return kv_full, f"suspension: one context's KV {_mb(kv_full)} of {_mb(spare)} spare"
 
 
 PREFIX_SPARE_SHARE = 4  # snapshots may take a quarter of the RAM the model leaves spare

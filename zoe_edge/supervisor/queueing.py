@@ -4,6 +4,11 @@ Requests are admitted (or refused at once as busy, queue full, too large) and wa
 one task, the loop here, takes the next ticket as :func:`.scheduler.choose_next` says, has the
 :class:`~.loading.Loader` load, swap or resize for it, and grants it the worker. A granted request
 holds the slot until it calls :meth:`SlotQueue.release`.
+
+Priorities order the queue (:func:`.scheduler.choose_next`). An interactive request that finds a
+background generation streaming asks it to pause between two tokens (:func:`.scheduler.should_suspend`,
+carried out through the generation's :class:`~zoe_edge.worker.control.GenerationControl`); while
+it is paused only interactive requests for the same model are served, then it goes on where it was.
 """
 
 from __future__ import annotations
@@ -12,34 +17,53 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from zoe_edge.canonical import Priority
 from zoe_edge.errors import Failure, ServiceUnavailable, ZoeError
 from zoe_edge.gguf_info import GGUFError
 from zoe_edge.supervisor import device, scheduler
 from zoe_edge.supervisor.loading import Loader, ModelTooLarge, unreadable
 from zoe_edge.supervisor.planner import ContextDecision
+from zoe_edge.supervisor.records import PredictionLog, SuspensionStats
 from zoe_edge.supervisor.state import InvalidTransition, SlotState
 from zoe_edge.supervisor.workers import WorkerClient
+from zoe_edge.worker.control import GenerationControl
 
 log = logging.getLogger("zoe_edge.supervisor")
 
 MiB = device.MiB
 MEMORY_CHECK_S = 5.0
+# how long a background generation may take to reach its next token boundary and save its state
+SUSPEND_ACK_S = 2.0
 
 
 def shutting_down() -> ServiceUnavailable:
     return ServiceUnavailable("zoe-edge is shutting down", code=Failure.SHUTTING_DOWN, retry_after=5)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a ticket is one request, found in lists by ``is``
 class Ticket:
     model: str | None  # None: an unload request
     enqueued_at: float
     granted: asyncio.Future[WorkerClient | None]
     n_ctx: int | None = None  # the context the request asks for
     context: ContextDecision | None = None  # what the scheduler decided for it, set before the grant
+    priority: Priority = Priority.NORMAL
+    prompt_tokens: int = 0  # estimated from the request's text
+    max_tokens: int | None = None
+    limit_s: float = math.inf  # the longest it may stay queued
+    strict: bool = False  # ``limit_s`` is the request's own deadline: a bound, checked by the clock
+    prediction: scheduler.Prediction = field(default_factory=lambda: scheduler.Prediction(0.0, ""))
+    granted_at: float | None = None
+    control: GenerationControl | None = None  # a generation that can be paused between tokens
+    suspend_refused: bool = False  # asked once and refused: not asked again
+    paused_since: float | None = None
+
+    def waiting(self) -> scheduler.Waiting:
+        return scheduler.Waiting(self.model or "", self.enqueued_at, self.priority, self.prompt_tokens, self.max_tokens)
 
 
 class SlotQueue:
@@ -50,7 +74,12 @@ class SlotQueue:
         self.admission = loader.admission
         self.profile = loader.profile
         self.waiting: list[Ticket] = []
-        self.busy_with: str | None = None
+        self.holder: Ticket | None = None  # the request streaming from the worker
+        self.suspended: Ticket | None = None  # a background generation paused for interactive requests
+        self.speeds: dict[str, scheduler.Speed] = {}  # measured per model (see Supervisor.generate)
+        self.predictions = PredictionLog()
+        self.suspension = SuspensionStats()
+        self._preempting: asyncio.Task[None] | None = None
         self.ttl_override: dict[str, float | None] = {}
         self.closing = False
         self._wake = asyncio.Event()
@@ -58,6 +87,15 @@ class SlotQueue:
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="zoe-slot")
+
+    @property
+    def busy_with(self) -> str | None:
+        """The model the slot is serving (a suspended generation's model counts: it pins the worker)."""
+        held = self.holder or self.suspended
+        return held.model if held is not None else None
+
+    def wake(self) -> None:
+        self._wake.set()
 
     async def close(self) -> None:
         """Refuse everyone waiting and stop the loop (whatever it was doing is cancelled)."""
@@ -86,17 +124,74 @@ class SlotQueue:
 
     # --- admission ---------------------------------------------------------------------------
 
-    def expected_wait(self, model: str) -> float:
-        return scheduler.expected_wait(
-            [scheduler.Waiting(t.model, t.enqueued_at) for t in self.waiting if t.model],
-            busy_with=self.busy_with,
-            loaded=self.loader.model,
-            target=model,
-            service_s={m: s.service_s for m, s in self.loader.stats.items() if s.service_s is not None},
-            load_s={m: s.load_s for m, s in self.loader.stats.items() if s.load_s is not None},
+    def running(self) -> scheduler.Running | None:
+        hold = self.holder
+        if hold is None or hold.model is None or hold.granted_at is None:
+            return None
+        return scheduler.Running(
+            hold.model,
+            hold.priority,
+            hold.granted_at,
+            hold.prompt_tokens,
+            hold.max_tokens,
+            suspendable=self._can_suspend(hold),
         )
 
-    async def admit(self, model: str, deadline: float | None, n_ctx: int | None = None) -> Ticket:
+    def _can_suspend(self, hold: Ticket) -> bool:
+        plan = self.loader.plan
+        return (
+            self.admission.suspend
+            and self.suspended is None
+            and not hold.suspend_refused
+            and hold.control is not None
+            and hold.control.suspendable
+            and plan is not None
+            and plan.suspend_bytes > 0
+        )
+
+    def predict(self, model: str, priority: Priority = Priority.NORMAL) -> scheduler.Prediction:
+        return scheduler.predict_wait(
+            model,
+            priority,
+            queue=[t.waiting() for t in self.waiting if t.model],
+            running=self.running(),
+            loaded=self.loader.model,
+            speeds=self._speeds(),
+            now=time.monotonic(),
+            starvation_s=self.admission.starvation,
+            suspended=self.suspended is not None,
+        )
+
+    def expected_wait(self, model: str, priority: Priority = Priority.NORMAL) -> float:
+        return self.predict(model, priority).wait_s
+
+    def _speeds(self) -> dict[str, scheduler.Speed]:
+        out = dict(self.speeds)
+        for name, stats in self.loader.stats.items():
+            base = out.get(name, scheduler.Speed())
+            if stats.load_s is not None:
+                out[name] = scheduler.Speed(
+                    base.prompt_s_per_token,
+                    base.decode_s_per_token,
+                    base.completion_tokens,
+                    base.cached_share,
+                    stats.load_s,
+                )
+        return out
+
+    async def admit(
+        self,
+        model: str,
+        deadline: float | None,
+        n_ctx: int | None = None,
+        *,
+        priority: Priority = Priority.NORMAL,
+        prompt_tokens: int = 0,
+        max_tokens: int | None = None,
+        strict: bool | None = None,
+    ) -> Ticket:
+        """Queue a request, or refuse it at once. ``deadline``: the request's own (route, header), which
+        bounds its time in the queue; ``None``: the configured default, with time for a load on top."""
         if self.closing:
             raise shutting_down()
         self.loader.check_failure(model)
@@ -108,33 +203,57 @@ class SlotQueue:
                 raise unreadable(model, exc) from None
             if not plan.fits:
                 raise ModelTooLarge(f"model {model!r} {plan.reason}", retry_after=60)
+        prediction = self.predict(model, priority)
         if len(self.waiting) >= self.admission.max_queue:
             raise ServiceUnavailable(
                 f"the local model is busy: {len(self.waiting)} requests are queued (limit {self.admission.max_queue})",
                 code=Failure.QUEUE_FULL,
-                retry_after=self.expected_wait(model),
+                retry_after=prediction.wait_s,
             )
         limit = self.admission.deadline if deadline is None else deadline
-        wait = self.expected_wait(model)
-        if wait > limit:
+        if prediction.wait_s > limit:
+            self.predictions.refused += 1
             raise ServiceUnavailable(
-                f"the local model is busy: expected wait {wait:.1f} s exceeds the {limit:.1f} s deadline",
+                f"the local model is busy: expected wait {prediction.wait_s:.1f} s exceeds the {limit:.1f} s "
+                f"deadline ({prediction.reason})",
                 code=Failure.BUSY,
-                retry_after=wait,
+                retry_after=prediction.wait_s,
             )
-        ticket = Ticket(model, time.monotonic(), asyncio.get_running_loop().create_future(), n_ctx)
+        strict = deadline is not None if strict is None else strict
+        ticket = Ticket(
+            model,
+            time.monotonic(),
+            asyncio.get_running_loop().create_future(),
+            n_ctx,
+            priority=priority,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            limit_s=limit if strict else limit + self.settings.load_timeout_s,
+            strict=strict,
+            prediction=prediction,
+        )
         self.waiting.append(ticket)
         self._wake.set()
         return ticket
 
-    async def await_grant(self, ticket: Ticket, deadline: float | None) -> WorkerClient | None:
-        limit = (self.admission.deadline if deadline is None else deadline) + self.settings.load_timeout_s
+    async def await_grant(self, ticket: Ticket) -> WorkerClient | None:
+        """Wait for the slot. A request still queued when its limit passes leaves the queue (``busy``,
+        before any byte was sent), so that a route can try its next target."""
+        left = ticket.limit_s - (time.monotonic() - ticket.enqueued_at)
         try:
-            return await asyncio.wait_for(asyncio.shield(ticket.granted), limit)
+            return await asyncio.wait_for(asyncio.shield(ticket.granted), max(0.0, left))
         except asyncio.TimeoutError:
             self.withdraw(ticket)
+            if ticket.granted.done() and not ticket.granted.cancelled():
+                # granted in the same instant: withdraw handed the slot back; the request goes elsewhere
+                pass
+            self.predictions.expired += 1
+            what = "deadline" if ticket.strict else "limit"
             raise ServiceUnavailable(
-                f"the local model did not become free within {limit:.0f} s", code=Failure.BUSY, retry_after=limit
+                f"the local model did not become free within the request's {ticket.limit_s:.1f} s {what} "
+                f"(predicted wait {ticket.prediction.wait_s:.2f} s: {ticket.prediction.reason})",
+                code=Failure.BUSY,
+                retry_after=max(1.0, self.expected_wait(ticket.model or "", ticket.priority)),
             ) from None
         except asyncio.CancelledError:
             self.withdraw(ticket)
@@ -145,22 +264,27 @@ class SlotQueue:
         if ticket in self.waiting:
             self.waiting.remove(ticket)
         if ticket.granted.done() and not ticket.granted.cancelled() and ticket.granted.exception() is None:
-            self.release(ticket.model, 0.0, count=False)
+            self.release(ticket, 0.0, count=False)
         elif not ticket.granted.done():
             ticket.granted.cancel()
 
     # --- the holder gives the slot back -------------------------------------------------------------
 
-    def release(self, model: str | None, elapsed: float, *, crashed: bool = False, count: bool = True) -> None:
+    def release(self, ticket: Ticket, elapsed: float, *, crashed: bool = False, count: bool = True) -> None:
+        model = ticket.model
         if model is not None and count:
             stats = self.loader.stats[model]
             stats.requests += 1
             stats.service_s = scheduler.ewma(stats.service_s, elapsed)
         if crashed and model is not None:
             self.loader.stats[model].crashes.append(time.monotonic())
-        self.busy_with = None
+        if ticket is self.suspended:
+            # it ended while paused (its client left, or the worker died): nothing to resume
+            self.suspended = None
+        elif ticket is self.holder:
+            self.holder = None
         self.loader.last_used = time.monotonic()
-        if self.loader.state is SlotState.BUSY:
+        if self.holder is None and self.suspended is None and self.loader.state is SlotState.BUSY:
             self.loader.machine.move(SlotState.READY, f"{model!r} released the slot")
         self._wake.set()
 
@@ -218,7 +342,13 @@ class SlotQueue:
                 self.loader.last_error = pressure
                 await self.loader.stop_worker(pressure)
                 return
-        while self.busy_with is None and self.waiting:
+        if self.holder is not None:
+            self._maybe_suspend(self.holder)
+            return
+        if self.suspended is not None:
+            self._serve_while_suspended(self.suspended)
+            return
+        while self.holder is None and self.waiting:
             if self.waiting[0].model is None or all(t.model is None for t in self.waiting):
                 unload = next(t for t in self.waiting if t.model is None)
                 self.waiting.remove(unload)
@@ -228,11 +358,12 @@ class SlotQueue:
                 continue
             pending = [t for t in self.waiting if t.model is not None]
             choice = scheduler.choose_next(
-                [scheduler.Waiting(t.model or "", t.enqueued_at) for t in pending],
+                [t.waiting() for t in pending],
                 self.loader.model if self.loader.worker is not None else None,
                 self.loader.loaded_since,
                 time.monotonic(),
                 self.admission.min_residency,
+                self.admission.starvation,
             )
             if choice is None:
                 return
@@ -254,8 +385,88 @@ class SlotQueue:
                 # a bug: the requester hears it now rather than waiting out its deadline, and the loop logs it
                 self._fail_waiting(ticket, exc)
                 raise
-            self.busy_with = ticket.model
-            ticket.granted.set_result(worker)
+            self._grant(ticket, worker)
+
+    def _grant(self, ticket: Ticket, worker: WorkerClient) -> None:
+        now = time.monotonic()
+        ticket.granted_at = now
+        self.holder = ticket
+        self.predictions.record(ticket.prediction.wait_s, now - ticket.enqueued_at, ticket.priority)
+        ticket.granted.set_result(worker)
+
+    # --- suspending a background generation for interactive requests ---------------------------
+
+    def _fits_loaded(self, ticket: Ticket) -> bool:
+        """Whether a request can run on the loaded worker as it is (a suspended generation pins it: no
+        resize, no swap); one that asks for a larger context waits for the background generation."""
+        current = self.loader.loaded_n_ctx()
+        return ticket.model == self.loader.model and (not ticket.n_ctx or (current or 0) >= ticket.n_ctx)
+
+    def _maybe_suspend(self, hold: Ticket) -> None:
+        running = self.running()
+        fitting = [t.waiting() for t in self.waiting if t.model and self._fits_loaded(t)]
+        why = scheduler.should_suspend(running, fitting, self.loader.model)
+        if why is None or self._preempting is not None:
+            return
+        self._preempting = asyncio.create_task(self._suspend(hold, why), name="zoe-suspend")
+
+    async def _suspend(self, hold: Ticket, why: str) -> None:
+        try:
+            assert hold.control is not None
+            started = time.monotonic()
+            log.info("suspending the background generation for %r: %s", hold.model, why)
+            done = await hold.control.suspend(SUSPEND_ACK_S)
+            if done is None:
+                hold.suspend_refused = True
+                self.suspension.refusals += 1
+                self.suspension.last_refusal = hold.control.refusal or "the generation ended first"
+                log.info("background generation not suspended: %s", self.suspension.last_refusal)
+                return
+            if hold is not self.holder:  # it ended while the worker paused it: let it go on (it is gone)
+                hold.control.resume()
+                return
+            self.holder = None
+            self.suspended = hold
+            hold.paused_since = time.monotonic()
+            self.suspension.suspended(done, (hold.paused_since - started) * 1000.0)
+        finally:
+            self._preempting = None
+            self._wake.set()
+
+    def _serve_while_suspended(self, paused: Ticket) -> None:
+        assert paused.paused_since is not None
+        worker = self.loader.worker
+        pending = [t for t in self.waiting if t.model is not None and self._fits_loaded(t)]
+        index, why = scheduler.next_while_suspended(
+            [t.waiting() for t in pending],
+            self.loader.model,
+            paused.paused_since,
+            time.monotonic(),
+            self.admission.starvation,
+        )
+        if index is not None and worker is not None:
+            ticket = pending[index]
+            self.waiting.remove(ticket)
+            if not ticket.granted.done():
+                current = self.loader.loaded_n_ctx() or 0
+                ticket.context = ContextDecision(
+                    current,
+                    False,
+                    f"served at the loaded {current}: a background generation is suspended",
+                    ticket.n_ctx,
+                )
+                log.info("serving an interactive request for %r: %s", ticket.model, why)
+                self._grant(ticket, worker)
+            else:
+                self._wake.set()  # that one gave up; look again
+            return
+        log.info("resuming the background generation for %r: %s", paused.model, why)
+        self.suspended = None
+        self.holder = paused
+        paused.paused_since = None
+        self.suspension.resumes += 1
+        assert paused.control is not None
+        paused.control.resume()
 
     def _fail_waiting(self, ticket: Ticket, exc: Exception) -> None:
         """A load failed: its requester and everyone queued for the same model get the error."""
@@ -267,3 +478,7 @@ class SlotQueue:
 
     def queue_by_model(self) -> dict[str, int]:
         return dict(collections.Counter(t.model for t in self.waiting if t.model))
+
+    def queue_by_priority(self) -> dict[str, int]:
+        counts = collections.Counter(t.priority.value for t in self.waiting if t.model)
+        return {p.value: counts.get(p.value, 0) for p in Priority}

@@ -8,8 +8,95 @@ the wire changing.
 from __future__ import annotations
 
 import collections
+import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zoe_edge.canonical import Priority
+    from zoe_edge.worker.control import Suspended
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+class PredictionLog:
+    """How well admission predicted the wait of the requests it queued: error = actual - predicted."""
+
+    def __init__(self, keep: int = 500) -> None:
+        self.errors: collections.deque[float] = collections.deque(maxlen=keep)
+        self.by_priority: collections.Counter[str] = collections.Counter()
+        self.count = 0
+        self.refused = 0  # turned away at once: the prediction exceeded the deadline
+        self.expired = 0  # admitted, still queued when the deadline passed: the clock caught the prediction
+        self.sum_abs_s = 0.0
+
+    def record(self, predicted_s: float, actual_s: float, priority: Priority) -> None:
+        error = actual_s - predicted_s
+        self.errors.append(error)
+        self.by_priority[priority.value] += 1
+        self.count += 1
+        self.sum_abs_s += abs(error)
+
+    def as_dict(self) -> dict[str, Any]:
+        errors = list(self.errors)
+        absolute = sorted(abs(e) for e in errors)
+        late = sum(1 for e in errors if e > 0)
+
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
+        return {
+            "samples": self.count,
+            "recent": len(errors),
+            "error_p50_s": r(_quantile(sorted(errors), 0.5)),
+            "abs_error_p50_s": r(_quantile(absolute, 0.5)),
+            "abs_error_p95_s": r(_quantile(absolute, 0.95)),
+            "abs_error_max_s": r(absolute[-1] if absolute else None),
+            "mean_abs_error_s": r(self.sum_abs_s / self.count if self.count else None),
+            "waited_longer_than_predicted": late,
+            "refused": self.refused,
+            "expired": self.expired,
+        }
+
+
+@dataclass
+class SuspensionStats:
+    """Background generations paused for interactive requests, and what it cost."""
+
+    suspensions: int = 0
+    resumes: int = 0
+    refusals: int = 0
+    last_refusal: str | None = None
+    last_state_bytes: int = 0
+    last_save_ms: float = 0.0
+    last_ack_ms: float = 0.0  # from asking to the worker's answer: the next token plus the save
+    paused_ms_total: float = 0.0  # from the finished generations' timings
+    cost_ms_total: float = 0.0  # saving and restoring, from the same timings
+
+    def suspended(self, done: Suspended, ack_ms: float) -> None:
+        self.suspensions += 1
+        self.last_state_bytes = done.state_bytes
+        self.last_save_ms = done.save_ms
+        self.last_ack_ms = ack_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "suspensions": self.suspensions,
+            "resumes": self.resumes,
+            "refusals": self.refusals,
+            "last_refusal": self.last_refusal,
+            "last_state_mb": round(self.last_state_bytes / (1024 * 1024), 2),
+            "last_save_ms": round(self.last_save_ms, 2),
+            "last_ack_ms": round(self.last_ack_ms, 2),
+            "paused_ms_total": round(self.paused_ms_total, 1),
+            "cost_ms_total": round(self.cost_ms_total, 2),
+        }
 
 
 @dataclass(frozen=True)
@@ -57,12 +144,25 @@ class ModelStats:
     service_s: float | None = None
     load_s: float | None = None
     crashes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=10))
+    # measured from finished generations; admission predicts waits from them
+    prompt_s_per_token: float | None = None
+    decode_s_per_token: float | None = None
+    completion_tokens: float | None = None
+    cached_share: float | None = None
+    tokens_per_char: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        def r(x: float | None, digits: int = 3) -> float | None:
+            return None if x is None else round(x, digits)
+
         return {
             "requests": self.requests,
-            "mean_request_s": None if self.service_s is None else round(self.service_s, 3),
-            "load_s": None if self.load_s is None else round(self.load_s, 3),
+            "mean_request_s": r(self.service_s),
+            "load_s": r(self.load_s),
+            "prompt_ms_per_token": r(None if self.prompt_s_per_token is None else self.prompt_s_per_token * 1000),
+            "decode_ms_per_token": r(None if self.decode_s_per_token is None else self.decode_s_per_token * 1000),
+            "typical_completion_tokens": r(self.completion_tokens, 1),
+            "cached_share": r(self.cached_share),
         }
 
 
@@ -119,6 +219,8 @@ class SupervisorStatus:
     slot: SlotStatus
     queue_by_model: dict[str, int]
     queue_length: int
+    queue_by_priority: dict[str, int]
+    scheduling: dict[str, Any]  # who holds the slot, what is suspended, the prediction's error
     swaps: list[SwapRecord]
     failures: dict[str, LoadFailure]
     models: dict[str, ModelStats]
@@ -130,7 +232,12 @@ class SupervisorStatus:
             "profile": self.profile,
             "memory": self.memory.as_dict(),
             "slot": self.slot.as_dict(),
-            "queue": {"length": self.queue_length, "by_model": self.queue_by_model},
+            "queue": {
+                "length": self.queue_length,
+                "by_model": self.queue_by_model,
+                "by_priority": self.queue_by_priority,
+            },
+            "scheduling": self.scheduling,
             "swaps": [s.as_dict() for s in self.swaps],
             "failures": {m: f.as_dict(self.now) for m, f in self.failures.items()},
             "models": {m: s.as_dict() for m, s in self.models.items()},

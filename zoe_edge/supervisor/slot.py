@@ -24,13 +24,14 @@ from zoe_edge.config import Settings
 from zoe_edge.errors import Failure, InvalidRequest, ServiceUnavailable, ZoeError
 from zoe_edge.gguf_info import GGUFError
 from zoe_edge.registry import Registry
-from zoe_edge.supervisor import device
+from zoe_edge.supervisor import device, scheduler
 from zoe_edge.supervisor.loading import Loader, ModelTooLarge, default_threads, load_spec
 from zoe_edge.supervisor.planner import Budget, ContextDecision, Plan
-from zoe_edge.supervisor.queueing import SlotQueue
+from zoe_edge.supervisor.queueing import SlotQueue, Ticket
 from zoe_edge.supervisor.records import LoadFailure, MemoryStatus, ModelStats, SlotStatus, SupervisorStatus, SwapRecord
 from zoe_edge.supervisor.state import InvalidTransition, SlotState
-from zoe_edge.supervisor.workers import WorkerFactory
+from zoe_edge.supervisor.workers import WorkerClient, WorkerFactory
+from zoe_edge.worker.control import GenerationControl
 from zoe_edge.worker.protocol import Embedded, ModelInfo
 
 __all__ = [
@@ -46,6 +47,23 @@ __all__ = [
 log = logging.getLogger("zoe_edge.supervisor")
 
 MiB = device.MiB
+# tokens per character of prompt text until a model's own ratio is measured (English text on BPE vocabularies)
+TOKENS_PER_CHAR = 0.3
+# below this many tokens or characters a sample says more about overheads than about speed
+MIN_PROMPT_SAMPLE = 8
+
+
+def prompt_chars(req: GenerationRequest) -> int:
+    """The text a prompt is made of, in characters: messages, raw prompt and the tools offered."""
+    chars = len(req.prompt or "")
+    for message in req.messages or ():
+        chars += len(message.content)
+        for call in message.tool_calls or ():
+            chars += len(call.name) + len(str(call.arguments))
+    for tool in req.tools if req.uses_tools else ():
+        chars += len(tool.name) + len(tool.description) + len(str(tool.parameters))
+    return chars
+
 
 # The context decision for the generation this task is streaming, set by Supervisor.generate once the
 # slot is granted (the API handler iterates the stream in its own task, so it sees the value); the
@@ -187,6 +205,9 @@ class Supervisor:
         Raises :class:`ServiceUnavailable` (busy, queue full, too large) or :class:`ModelLoadFailed`
         before the first event; after that, failures arrive as an :class:`ErrorEvent`. Callers
         must close the iterator (``contextlib.aclosing``) so an abandoned request frees the slot.
+        ``deadline`` (a route's, or ``X-Zoe-Deadline``) bounds the time until the slot is granted.
+        A ``background`` generation may be suspended between two tokens while ``interactive``
+        requests run; its stream then just pauses.
 
         A worker that dies before the first event (killed while idle, loading or reading the
         prompt) costs the request nothing the client can see: it is run once more on a fresh
@@ -201,10 +222,19 @@ class Supervisor:
                 "or /api/embed, or name a generative model",
                 param="model",
             )
+        chars = prompt_chars(req)
         for attempt in (1, 2):
+            control = GenerationControl(on_change=self.queue.wake)
             try:
-                ticket = await self.queue.admit(model, deadline, req.n_ctx)
-                worker = await self.queue.await_grant(ticket, deadline)
+                ticket, worker = await self._hold(
+                    model,
+                    deadline,
+                    priority,
+                    n_ctx=req.n_ctx,
+                    prompt_tokens=self._prompt_tokens(model, chars),
+                    max_tokens=req.max_tokens,
+                    control=control,
+                )
             except ServiceUnavailable as exc:
                 if attempt == 2 and exc.kind in (Failure.BUSY, Failure.QUEUE_FULL):
                     # the crash is the news: a route falls back on it, not on the wait the retry would need
@@ -217,12 +247,16 @@ class Supervisor:
                     raise
                 log.warning("%s; retrying the request once", exc.message)
                 continue
-            assert worker is not None
             SERVED_CONTEXT.set(ticket.context)
             started = time.monotonic()
             crashed = retry = False
             try:
-                stream = worker.generate(req, self.settings.stall_timeout_s, self.settings.stream_interval_ms)
+                stream = worker.generate(
+                    req,
+                    self.settings.stall_timeout_s,
+                    self.settings.stream_interval_ms,
+                    control if priority is Priority.BACKGROUND else None,
+                )
                 async with contextlib.aclosing(stream) as events:
                     first = True
                     async for event in events:
@@ -234,12 +268,13 @@ class Supervisor:
                             retry = first and attempt == 1 and event.kind is Failure.WORKER_CRASHED
                             if retry:
                                 break
-                        elif isinstance(event, Finish) and event.usage.completion_tokens > 1:
-                            self.last_tokens_per_s = event.timings.per_second(event.usage)["predicted_per_second"]
+                        elif isinstance(event, Finish):
+                            self._learn(model, chars, event)
                         first = False
                         yield event
             finally:
-                self.queue.release(model, time.monotonic() - started, crashed=crashed)
+                control.mark_ended()
+                self.queue.release(ticket, time.monotonic() - started, crashed=crashed)
             if not retry:
                 return
             # the scheduler must see the process gone before the retry is admitted, or it would be
@@ -247,6 +282,61 @@ class Supervisor:
             if await worker.exit_status(2.0) is None:
                 await worker.kill()
             log.warning("worker for %r died before answering (%s); retrying the request once", model, self.last_error)
+
+    async def _hold(
+        self,
+        model: str,
+        deadline: float | None,
+        priority: Priority,
+        *,
+        n_ctx: int | None = None,
+        prompt_tokens: int = 0,
+        max_tokens: int | None = None,
+        control: GenerationControl | None = None,
+    ) -> tuple[Ticket, WorkerClient]:
+        """Admission, the queue and the grant: the slot is the caller's until it releases the ticket."""
+        ticket = await self.queue.admit(
+            model, deadline, n_ctx, priority=priority, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+        )
+        ticket.control = control
+        worker = await self.queue.await_grant(ticket)
+        assert worker is not None
+        return ticket, worker
+
+    def _prompt_tokens(self, model: str, chars: int) -> int:
+        """The prompt's length in tokens before the worker tokenises it, from this model's measured ratio."""
+        stats = self.stats.get(model)
+        per_char = stats.tokens_per_char if stats is not None and stats.tokens_per_char else TOKENS_PER_CHAR
+        return int(chars * per_char)
+
+    def _learn(self, model: str, chars: int, finish: Finish) -> None:
+        """Measured speeds from a finished generation, for the next admission's prediction."""
+        usage, timings = finish.usage, finish.timings
+        stats = self.stats[model]
+        ewma = scheduler.ewma
+        if usage.completion_tokens > 1 and timings.predicted_ms > 0:
+            self.last_tokens_per_s = timings.per_second(usage)["predicted_per_second"]
+            per_token = timings.predicted_ms / 1000.0 / (usage.completion_tokens - 1)
+            stats.decode_s_per_token = ewma(stats.decode_s_per_token, per_token)
+        evaluated = usage.prompt_tokens - usage.cached_tokens
+        if evaluated >= MIN_PROMPT_SAMPLE and timings.prompt_ms > 0:
+            stats.prompt_s_per_token = ewma(stats.prompt_s_per_token, timings.prompt_ms / 1000.0 / evaluated)
+        if finish.reason != "cancelled":
+            stats.completion_tokens = ewma(stats.completion_tokens, float(usage.completion_tokens))
+        if usage.prompt_tokens:
+            stats.cached_share = ewma(stats.cached_share, usage.cached_tokens / usage.prompt_tokens)
+            if chars >= MIN_PROMPT_SAMPLE:
+                stats.tokens_per_char = ewma(stats.tokens_per_char, usage.prompt_tokens / chars)
+        self.queue.speeds[model] = scheduler.Speed(
+            stats.prompt_s_per_token,
+            stats.decode_s_per_token,
+            stats.completion_tokens,
+            stats.cached_share or 0.0,
+            stats.load_s,
+        )
+        if timings.suspensions:
+            self.queue.suspension.paused_ms_total += timings.paused_ms
+            self.queue.suspension.cost_ms_total += timings.suspend_cost_ms
 
     async def embed(
         self,
@@ -270,10 +360,11 @@ class Supervisor:
                 "(an embeddings model) or 'embeddings: also' (a generative model that also embeds)",
                 param="model",
             )
+        chars = sum(len(t) for t in texts)
         for attempt in (1, 2):
-            ticket = await self.queue.admit(model, deadline)
-            worker = await self.queue.await_grant(ticket, deadline)
-            assert worker is not None
+            ticket, worker = await self._hold(
+                model, deadline, priority, prompt_tokens=self._prompt_tokens(model, chars), max_tokens=0
+            )
             started = time.monotonic()
             crashed = False
             try:
@@ -285,7 +376,7 @@ class Supervisor:
                 if attempt == 2 or exc.kind is not Failure.WORKER_CRASHED:
                     raise
             finally:
-                self.queue.release(model, time.monotonic() - started, crashed=crashed)
+                self.queue.release(ticket, time.monotonic() - started, crashed=crashed)
             # as in generate: the scheduler must see the process gone before the retry is admitted
             if await worker.exit_status(2.0) is None:
                 await worker.kill()
@@ -294,9 +385,9 @@ class Supervisor:
 
     async def load(self, model: str, n_ctx: int | None = None) -> Plan:
         """Make ``model`` the loaded one (admin API, preload), at ``n_ctx`` if the planner allows; returns its plan."""
-        ticket = await self.queue.admit(model, self.settings.load_timeout_s, n_ctx)
-        await self.queue.await_grant(ticket, self.settings.load_timeout_s)
-        self.queue.release(model, 0.0, count=False)
+        ticket = await self.queue.admit(model, self.settings.load_timeout_s, n_ctx, strict=False)
+        await self.queue.await_grant(ticket)
+        self.queue.release(ticket, 0.0, count=False)
         assert self.plan is not None
         return self.plan
 
@@ -355,12 +446,37 @@ class Supervisor:
             slot=slot,
             queue_length=len(self.queue.waiting),
             queue_by_model=self.queue_by_model(),
+            queue_by_priority=self.queue.queue_by_priority(),
+            scheduling=self.scheduling(now),
             swaps=list(loader.swaps),
             failures=dict(loader.failures),
             models=dict(loader.stats),
             last_error=loader.last_error,
             now=now,
         )
+
+    def scheduling(self, now: float) -> dict[str, Any]:
+        """Who holds the slot and at what priority, what is suspended, and how good the wait predictions are."""
+        queue = self.queue
+
+        def held(ticket: Ticket | None, since: float | None) -> dict[str, Any] | None:
+            if ticket is None:
+                return None
+            return {
+                "model": ticket.model,
+                "priority": ticket.priority.value,
+                "for_s": None if since is None else round(now - since, 3),
+            }
+
+        holder, paused = queue.holder, queue.suspended
+        return {
+            "serving": held(holder, holder.granted_at if holder else None),
+            "suspended": held(paused, paused.paused_since if paused else None),
+            "suspension": queue.suspension.as_dict(),
+            "prediction": queue.predictions.as_dict(),
+            "starvation_s": self.admission.starvation,
+            "suspend": self.admission.suspend,
+        }
 
     def status(self) -> dict[str, Any]:
         """The supervisor's part of ``/admin/status`` (also what the metrics and the dashboard read)."""
