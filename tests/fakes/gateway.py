@@ -1,7 +1,8 @@
 """A scripted stand-in for the service layer, so a front is tested alone: its translation, not the routing.
 
 It implements :class:`zoe_edge.service.Service`: every generation answers with the scripted events
-(or raises the scripted error); lifecycle calls are recorded.
+(or raises the scripted error); lifecycle calls are recorded. The priority is decided as the real
+gateway decides it (header, route, key, traffic), so a front's ``x-zoe-priority`` can be tested here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from zoe_edge.routing.dispatch import Dispatched
 from zoe_edge.routing.names import Resolved
 from zoe_edge.routing.routes import RoutePlan, Target
 from zoe_edge.service import RequestContext
+from zoe_edge.service.gateway import decide_priority
 
 MODEL = "smollm2-135m"
 
@@ -38,6 +40,8 @@ class FakeGateway:
         self.requests.append(req)
         self.contexts.append(ctx)
         self.caches.append(cache)
+        plan = self._plan(name)
+        ctx.use_priority(decide_priority(ctx, plan, req))
         if self.raises is not None:
             raise self.raises
 
@@ -46,7 +50,8 @@ class FakeGateway:
                 yield event
 
         events = self.shape(req, scripted())
-        return Dispatched(self._plan(name), Target(MODEL), await anext(events, None), events)
+        first = await anext(events, None)
+        return Dispatched(plan, Target(MODEL), first, events, priority=ctx.priority)
 
     def shape(self, req: GenerationRequest, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
         """What dispatch would do to a local stream; a subclass can split reasoning here."""
