@@ -16,7 +16,16 @@ from typing import Any
 
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, event_from_wire
 from zoe_edge.errors import Failure, ModelLoadFailed, ServiceUnavailable, WorkerFailed, error_for_status
-from zoe_edge.worker.protocol import Embedded, LoadSpec, ModelInfo, ProtocolError, encode_frame, read_frame
+from zoe_edge.worker.control import GenerationControl, Resumed, Suspended
+from zoe_edge.worker.protocol import (
+    SUSPEND_FRAMES,
+    Embedded,
+    LoadSpec,
+    ModelInfo,
+    ProtocolError,
+    encode_frame,
+    read_frame,
+)
 
 log = logging.getLogger("zoe_edge.worker")
 
@@ -34,6 +43,28 @@ def describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with status {returncode}"
+
+
+def control_frame(frame: dict[str, Any], control: GenerationControl | None) -> bool:
+    """Hand a suspension frame to ``control``; ``False`` for any other frame (an event)."""
+    kind = frame.get("t")
+    if kind not in SUSPEND_FRAMES:
+        return False
+    if control is None:
+        log.warning("a %s frame for a generation nobody controls; ignored", kind)
+        return True
+    try:
+        if kind == "suspended":
+            suspended = Suspended(int(frame["tokens"]), int(frame["state_bytes"]), float(frame["save_ms"]))
+            control.confirm_suspended(suspended)
+        elif kind == "resumed":
+            control.confirm_resumed(Resumed(float(frame["restore_ms"]), float(frame["paused_ms"])))
+        else:
+            control.refuse(str(frame.get("reason", "refused")))
+    except (KeyError, TypeError, ValueError) as exc:
+        log.error("malformed %s frame from the worker (%s): %r", kind, exc, frame)
+        control.refuse(f"malformed {kind} frame")
+    return True
 
 
 class WorkerProcess:
@@ -145,24 +176,43 @@ class WorkerProcess:
         return self.info
 
     async def generate(
-        self, req: GenerationRequest, stall_timeout: float, coalesce_ms: float = 0.0
+        self,
+        req: GenerationRequest,
+        stall_timeout: float,
+        coalesce_ms: float = 0.0,
+        control: GenerationControl | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Stream canonical events. Closing this generator early cancels the generation in the worker.
 
         A worker that dies or stalls yields an :class:`ErrorEvent` (code ``worker_crashed`` or
-        ``worker_timeout``) instead of raising, so the front can end a stream cleanly.
+        ``worker_timeout``) instead of raising, so the front can end a stream cleanly. With
+        ``control`` the generation can be suspended: its ops go out on this connection, the worker's
+        answers go to the control (never out as events), and a suspended stream waits without a
+        stall limit, since it rightly sends nothing while another request runs; a worker that dies
+        meanwhile still ends it at once (the connection closes).
         """
         try:
             reader, writer = await asyncio.open_unix_connection(self.socket_path)
         except OSError as exc:
+            if control is not None:
+                control.mark_ended()
             yield ErrorEvent(f"the model worker is not reachable: {exc}", "worker_crashed", 503)
             return
+
+        def send_op(op: str) -> None:
+            if writer.is_closing():
+                raise RuntimeError("the generation's connection is closed")
+            writer.write(encode_frame({"op": op}))
+
+        if control is not None:
+            control.attach(send_op)
         try:
             writer.write(encode_frame({"op": "generate", "request": req.model_dump(), "coalesce_ms": coalesce_ms}))
             await writer.drain()
             while True:
+                paused = control is not None and control.suspended is not None
                 try:
-                    frame = await asyncio.wait_for(read_frame(reader), stall_timeout)
+                    frame = await asyncio.wait_for(read_frame(reader), None if paused else stall_timeout)
                 except asyncio.TimeoutError:
                     log.error("%s sent nothing for %.0f s; killing it", self.label, stall_timeout)
                     await self.kill()
@@ -179,13 +229,19 @@ class WorkerProcess:
                     log.error("%s %s in the middle of a generation", self.label, how)
                     yield ErrorEvent(f"the model worker {how} during generation", "worker_crashed", 503)
                     return
+                if control_frame(frame, control):
+                    continue
                 if frame.get("t") == "finish" and isinstance(frame.get("prefix_cache"), dict):
                     self.prefix_cache = frame["prefix_cache"]
                 event = event_from_wire(frame)
+                if control is not None:
+                    control.mark_started()
                 yield event
                 if isinstance(event, Finish | ErrorEvent):
                     return
         finally:
+            if control is not None:
+                control.mark_ended()
             writer.close()
 
     async def embed(self, texts: list[str], truncate: bool, timeout: float) -> Embedded:

@@ -34,6 +34,7 @@ from zoe_edge.worker.grammar import InvalidSchema, schema_grammar
 from zoe_edge.worker.llama_compat import SAMPLING_DEFAULTS, LlamaLog, Model, SamplingParams
 from zoe_edge.worker.prefix import PrefixCache
 from zoe_edge.worker.protocol import LoadSpec, ModelInfo
+from zoe_edge.worker.suspension import Pause
 from zoe_edge.worker.templates import bundled_template
 
 log = logging.getLogger("zoe_edge.worker")
@@ -238,8 +239,17 @@ class Engine:
 
     # --- generation --------------------------------------------------------------------------
 
-    def generate(self, req: GenerationRequest, cancelled: Callable[[], bool]) -> Iterator[Event]:
-        """Yield canonical events; checks ``cancelled`` between tokens."""
+    def generate(
+        self,
+        req: GenerationRequest,
+        cancelled: Callable[[], bool],
+        checkpoint: Callable[[], Pause | None] | None = None,
+    ) -> Iterator[Event]:
+        """Yield canonical events; checks ``cancelled`` and calls ``checkpoint`` between tokens.
+
+        ``checkpoint`` may suspend the generation there (:class:`~zoe_edge.worker.suspension.Suspender`)
+        and serve other requests on this engine; what it reports is left out of ``predicted_ms``.
+        """
         try:
             tokens, template_stops = self.prompt_tokens(req)
             if req.uses_tools:
@@ -268,22 +278,38 @@ class Engine:
         self.prefix_cache.prepare(tokens)
         self.prefix_cache.note_prompt(len(tokens))
         cached = self._cached_prefix(tokens)
+        pauses: list[Pause] = []
+
+        def pause() -> None:
+            assert checkpoint is not None
+            if (paused := checkpoint()) is not None:
+                pauses.append(paused)
+
+        hook = pause if checkpoint is not None else None
 
         def finish(reason: FinishReason, produced: int, first_token_at: float | None) -> Finish:
             ended = time.perf_counter()
             first = first_token_at or ended
+            paused_ms = sum(p.paused_ms for p in pauses)  # every pause comes after the first token
             return Finish(
                 reason,
                 Usage(prompt_tokens=len(tokens), completion_tokens=produced, cached_tokens=cached),
-                Timings(prompt_ms=(first - started) * 1000.0, predicted_ms=(ended - first) * 1000.0),
+                Timings(
+                    prompt_ms=(first - started) * 1000.0,
+                    predicted_ms=max((ended - first) * 1000.0 - paused_ms, 0.0),
+                    suspensions=len(pauses),
+                    paused_ms=paused_ms,
+                    suspend_cost_ms=sum(p.cost_ms for p in pauses),
+                ),
             )
 
+        stops = [*req.stop, *template_stops]
         if req.uses_tools and not req.tool_grammar:
-            yield from self._free_calls(tokens, [*req.stop, *template_stops], max_tokens, s, cancelled, finish)
+            yield from self._free_calls(tokens, stops, max_tokens, s, cancelled, finish, hook)
             return
         if call_grammar is None:
             run = _Pass()
-            for piece in self._decode(tokens, grammar, [*req.stop, *template_stops], max_tokens, s, cancelled, run):
+            for piece in self._decode(tokens, grammar, stops, max_tokens, s, cancelled, run, checkpoint=hook):
                 yield TextDelta(piece)
             yield finish(run.reason, run.produced, run.first_token_at)
             return
@@ -296,9 +322,8 @@ class Engine:
             # from the prompt plus the text before it (llama.cpp keeps the shared KV prefix)
             run = _Pass()
             triggers = tools.triggers(self.tool_setup.format)
-            for piece in self._decode(
-                tokens, None, [*req.stop, *template_stops], max_tokens, s, cancelled, run, triggers, tools.MARKERS
-            ):
+            pieces = self._decode(tokens, None, stops, max_tokens, s, cancelled, run, triggers, tools.MARKERS, hook)
+            for piece in pieces:
                 yield TextDelta(piece)
             if not run.triggered:
                 yield finish(run.reason, run.produced, run.first_token_at)
@@ -313,11 +338,10 @@ class Engine:
         call_run = _Pass()
         if budget >= 1:
             # the request's own stop strings are not applied: they could cut a call's JSON in half
-            raw = "".join(
-                self._decode(
-                    call_tokens, call_grammar, template_stops, budget, s, cancelled, call_run, None, tools.MARKERS
-                )
+            pieces = self._decode(
+                call_tokens, call_grammar, template_stops, budget, s, cancelled, call_run, None, tools.MARKERS, hook
             )
+            raw = "".join(pieces)
         else:
             raw = ""
         produced += call_run.produced
@@ -348,10 +372,12 @@ class Engine:
         s: Sampling,
         cancelled: Callable[[], bool],
         finish: Callable[[FinishReason, int, float | None], Finish],
+        checkpoint: Callable[[], None] | None,
     ) -> Iterator[Event]:
         """``tool_grammar: false``: decode freely, then parse calls with the same parsers, unvalidated."""
         run = _Pass()
-        text = "".join(self._decode(tokens, None, stops, max_tokens, s, cancelled, run, None, tools.MARKERS))
+        pieces = self._decode(tokens, None, stops, max_tokens, s, cancelled, run, None, tools.MARKERS, checkpoint)
+        text = "".join(pieces)
         parsed = tools.parse(text, self.tool_setup.format) if run.reason != "cancelled" else None
         if parsed is None:
             if text:
@@ -398,6 +424,7 @@ class Engine:
         run: _Pass,
         triggers: list[tools.Trigger] | None = None,
         keep_special: frozenset[str] = frozenset(),
+        checkpoint: Callable[[], None] | None = None,
     ) -> Iterator[str]:
         """One decoding pass: yields text as it becomes final; ``run`` says how it ended."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -409,6 +436,9 @@ class Engine:
         for token in self._abortable(stream, cancelled, run):
             if run.first_token_at is None:
                 run.first_token_at = time.perf_counter()
+            if checkpoint is not None:
+                # Llama.generate is parked at its yield: the one point where its state can be swapped out
+                checkpoint()
             if cancelled():
                 run.reason = "cancelled"
                 break

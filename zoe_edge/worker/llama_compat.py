@@ -22,6 +22,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
 from zoe_edge.worker.compat_range import DISTRIBUTION, SUPPORTED, Compatibility, in_supported_range, version_tuple
+from zoe_edge.worker.llama_surface import LIVE_ATTRIBUTES, MODEL_ATTRIBUTES, REQUIRED
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -41,6 +42,7 @@ __all__ = [
     "STRING_FORMAT_RULES",
     "SUPPORTED",
     "Compatibility",
+    "LiveState",
     "LlamaLog",
     "Model",
     "SamplingParams",
@@ -54,70 +56,6 @@ __all__ = [
     "supports_gpu_offload",
     "version_tuple",
 ]
-
-# module -> attributes (dotted for class members) that zoe-edge calls; instance attributes of a
-# loaded model cannot be seen without one and are checked in Model.__init__
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "llama_cpp": (
-        "Llama",
-        "Llama.generate",
-        "Llama.tokenize",
-        "Llama.set_seed",
-        "Llama.n_ctx",
-        "Llama.token_bos",
-        "Llama.token_eos",
-        "Llama.close",
-        "Llama.ctx",
-        "Llama._input_ids",
-        "LLAMA_DEFAULT_SEED",
-        "GGML_TYPE_Q8_0",
-        "GGML_TYPE_Q4_0",
-        "llama_log_callback",
-        "llama_log_set",
-        "ggml_abort_callback",
-        "llama_set_abort_callback",
-        "llama_sampler_init_grammar",
-        "llama_sampler_free",
-        "llama_vocab_is_eog",
-        "llama_state_seq_get_size",
-        "llama_state_seq_get_data",
-        "llama_state_seq_set_data",
-        "llama_supports_gpu_offload",
-        "Llama.embed",
-        "Llama.n_embd",
-        "Llama.pooling_type",
-        "llama_set_embeddings",
-        "LLAMA_POOLING_TYPE_UNSPECIFIED",
-        "LLAMA_POOLING_TYPE_NONE",
-        "LLAMA_POOLING_TYPE_MEAN",
-        "LLAMA_POOLING_TYPE_CLS",
-        "LLAMA_POOLING_TYPE_LAST",
-    ),
-    "llama_cpp._internals": (
-        "LlamaModel.detokenize",
-        "LlamaModel.add_bos_token",
-        "LlamaModel.n_ctx_train",
-        "LlamaModel.n_params",
-        "LlamaModel.size",
-        "LlamaContext.kv_cache_seq_rm",
-    ),
-    "llama_cpp._logger": ("llama_log_callback",),
-    "llama_cpp.llama_chat_format": ("Jinja2ChatFormatter", "Jinja2ChatFormatter.IgnoreGenerationTags"),
-    "llama_cpp.llama_grammar": (
-        "LlamaGrammar.from_string",
-        "JSON_GBNF",
-        "SchemaConverter",
-        "SchemaConverter._add_rule",
-        "SchemaConverter._add_primitive",
-        "SchemaConverter.format_grammar",
-        "PRIMITIVE_RULES",
-        "RESERVED_NAMES",
-        "STRING_FORMAT_RULES",
-        "_build_repetition",
-    ),
-}
-_MODEL_ATTRIBUTES = ("_model", "_ctx", "n_tokens", "input_ids", "_requires_eval", "metadata", "context_params")
-
 
 # --- compatibility -------------------------------------------------------------------------------
 
@@ -264,13 +202,25 @@ class SamplingParams:
 SAMPLING_DEFAULTS = SamplingParams()
 
 
+@dataclass(frozen=True)
+class LiveState:
+    """Sequence 0 while ``generate`` is parked at a yield: its KV cells and what ``Llama`` keeps beside them."""
+
+    tokens: tuple[int, ...]  # evaluated so far; the token just yielded is not among them yet
+    data: ctypes.Array[ctypes.c_uint8]
+    size: int
+    sampler: Any  # generate's chain (RNG, grammar, penalty history): a nested generate replaces it
+    mirostat_mu: Any
+    seed: int  # a later pass of the same request builds its sampler from it
+
+
 class Model:
     """One ``llama_cpp.Llama``: the calls the engine and the prefix cache make, and nothing more."""
 
     def __init__(self, llm: llama_cpp.Llama) -> None:
         import llama_cpp
 
-        lacking = [a for a in _MODEL_ATTRIBUTES if not hasattr(llm, a)]
+        lacking = [a for a in (*MODEL_ATTRIBUTES, *LIVE_ATTRIBUTES) if not hasattr(llm, a)]
         if not lacking and not hasattr(llm._model, "vocab"):
             lacking.append("_model.vocab")
         if lacking:
@@ -476,3 +426,27 @@ class Model:
         import llama_cpp
 
         return int(llama_cpp.llama_state_seq_set_data(self._llm.ctx, data, size, 0))
+
+    def save_live(self) -> LiveState:
+        """Copy the live sequence out (``generate`` parked at a yield) for :meth:`restore_live`."""
+        llm = self._llm
+        tokens = self.cached_tokens()
+        self.kv_remove_from(len(tokens))  # cells past n_tokens (a batch aborted mid-way) are not ours
+        data, written = self.seq_state_save(self.seq_state_size())
+        if written <= 0:
+            raise RuntimeError("llama.cpp could not copy the sequence state out")
+        return LiveState(tuple(tokens), data, written, llm._sampler, llm._mirostat_mu, llm._seed)
+
+    def restore_live(self, state: LiveState) -> None:
+        """Put a :meth:`save_live` copy back: the parked ``generate`` goes on as if it never stopped.
+
+        Its next step evaluates the token it yielded, which refreshes the logits, so none are kept.
+        """
+        self.kv_remove_from(0)
+        self.forget_tokens()
+        if self.seq_state_load(state.data, state.size) != state.size:
+            self.kv_remove_from(0)
+            raise RuntimeError("llama.cpp rejected the saved sequence state")
+        self.adopt_tokens(state.tokens)
+        llm = self._llm
+        llm._sampler, llm._mirostat_mu, llm._seed = state.sampler, state.mirostat_mu, state.seed

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pydantic import ValidationError
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, TextDelta, event_to_wire
 from zoe_edge.worker import llama_compat
 from zoe_edge.worker.protocol import LoadSpec, ProtocolError, encode_frame, recv_frame
+from zoe_edge.worker.suspension import Ops, Outcome, Suspender, WorkerExit, serve_until_resumed
 
 log = logging.getLogger("zoe_edge.worker")
 
@@ -74,6 +74,8 @@ class Worker:
         self.socket_path = socket_path
         self.engine: Any = None  # zoe_edge.worker.engine.Engine once loaded
         self.llama_log = llama_compat.LlamaLog()
+        self._server: socket.socket | None = None
+        self._parent = os.getppid()
 
     def serve(self) -> None:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -82,7 +84,8 @@ class Worker:
         server.bind(self.socket_path)
         server.listen(16)
         server.settimeout(1.0)
-        parent = os.getppid()
+        self._server = server
+        parent = self._parent
         print(f"READY {os.getpid()}", flush=True)
         while True:
             try:
@@ -104,8 +107,11 @@ class Worker:
         except OSError:
             return False
 
-    def _serve_one(self, conn: socket.socket) -> bool:
-        """Handle one connection; ``False`` means the worker should exit."""
+    def _serve_one(self, conn: socket.socket, nested: bool = False) -> bool:
+        """Handle one connection; ``False`` means the worker should exit.
+
+        ``nested``: served while a generation is suspended (a generate then cannot be suspended itself).
+        """
         try:
             request = recv_frame(conn)
         except (ProtocolError, OSError) as exc:
@@ -119,7 +125,7 @@ class Worker:
         elif op == "load":
             self._load(conn, request)
         elif op == "generate":
-            self._generate(conn, request)
+            return self._generate(conn, request, nested)
         elif op == "embed":
             self._embed(conn, request)
         elif op == "shutdown":
@@ -149,29 +155,24 @@ class Worker:
         snapshots.attach(self.engine)  # the long prompts a previous worker of this model left on disk
         self._send(conn, {"t": "loaded", "info": self.engine.info(os.getpid()).model_dump()})
 
-    def _generate(self, conn: socket.socket, request: dict[str, Any]) -> None:
+    def _generate(self, conn: socket.socket, request: dict[str, Any], nested: bool = False) -> bool:
+        """Stream one generation; ``False`` when the worker should exit (a shutdown came while it was suspended)."""
         if self.engine is None:
             self._send(conn, event_to_wire(ErrorEvent("no model loaded", "protocol", 500)))
-            return
+            return True
         try:
             req = GenerationRequest.model_validate(request.get("request"))
         except ValidationError as exc:
             self._send(conn, event_to_wire(ErrorEvent(f"invalid request: {exc}", "protocol", 500)))
-            return
+            return True
 
-        cancel = threading.Event()
-
-        def watch() -> None:
-            # any frame (a cancel) or the end of the connection stops the generation
-            with contextlib.suppress(Exception):
-                recv_frame(conn)
-            cancel.set()
-
-        watcher = threading.Thread(target=watch, name="cancel-watch", daemon=True)
-        watcher.start()
+        # suspend / resume set flags, anything else (a cancel) or the end of the connection stops it
+        ops = Ops(conn)
+        ops.start()
+        checkpoint = Suspender(self.engine, ops, lambda frame: self._send(conn, frame), self._serve_suspended, nested)
         try:
             interval = float(request.get("coalesce_ms", 0)) / 1000.0
-            for event in coalesce(self.engine.generate(req, cancel.is_set), interval):
+            for event in coalesce(self.engine.generate(req, ops.cancel.is_set, checkpoint), interval):
                 if isinstance(event, Finish) and event.reason == "cancelled":
                     log.info("generation cancelled by the daemon after %d tokens", event.usage.completion_tokens)
                 wire = event_to_wire(event)
@@ -179,15 +180,26 @@ class Worker:
                     # the supervisor keeps the latest figures for /admin/status
                     wire["prefix_cache"] = self.engine.prefix_cache.stats()
                 if not self._send(conn, wire):
-                    cancel.set()
+                    ops.cancel.set()
                     break
+        except WorkerExit:
+            log.warning("the worker ends while a generation is suspended; that generation ends with it")
+            message = "the model worker shut down while this generation was suspended"
+            self._send(conn, event_to_wire(ErrorEvent(message, "shutting_down", 503)))
+            return False
         except Exception as exc:
             log.error("generation failed: %s", traceback.format_exc())
             self._send(conn, event_to_wire(ErrorEvent(f"generation failed: {exc}", "generation_failed", 500)))
         finally:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            watcher.join(timeout=1.0)
+            ops.close()
+        return True
+
+    def _serve_suspended(self, ops: Ops) -> Outcome:
+        """Serve the connections waiting on our socket until the suspended generation may go on."""
+        assert self._server is not None
+        return serve_until_resumed(self._server, ops, lambda conn: self._serve_one(conn, nested=True), self._parent)
 
     def _embed(self, conn: socket.socket, request: dict[str, Any]) -> None:
         from zoe_edge.worker.embedding import embed

@@ -5,6 +5,26 @@ reads reply frames until a terminal one. For ``generate`` the replies are canoni
 :func:`zoe_edge.canonical.event_to_wire`); closing the connection, or sending ``{"op": "cancel"}``,
 stops the generation at the next token. For ``embed`` the one reply is ``{"t": "embedded", ...}``
 (:class:`Embedded`) or ``{"t": "error", ...}``.
+
+Suspending a generation (issue 18; :mod:`zoe_edge.worker.suspension`, :mod:`zoe_edge.worker.control`).
+While a ``generate`` streams, the daemon may send on the same connection:
+
+* ``{"op": "suspend"}``: pause at the next token boundary. The worker answers, between two event
+  frames, ``{"t": "suspended", "tokens": N, "state_bytes": B, "save_ms": x}`` (N KV cells saved,
+  B bytes of state, saved in x ms) or ``{"t": "suspend_refused", "reason": "..."}`` (suspension
+  off, the state over ``LoadSpec.suspend_bytes``, a generation already suspended) and streams on.
+  Once suspended it serves the other connections on its socket, one at a time (``ping``,
+  ``generate``, ``embed``; ``load`` is refused; ``shutdown`` ends the suspended generation with an
+  ``error`` frame, code ``shutting_down``, and then the worker).
+* ``{"op": "resume"}``: restore and go on; the worker answers ``{"t": "resumed", "restore_ms": y,
+  "paused_ms": z}`` (z from the start of the save to the end of the restore) and the event frames
+  continue where they stopped. A resume that arrives before the worker reached a token boundary
+  withdraws the pending suspend: no frames at all. A resume with nothing to resume is ignored.
+* ``{"op": "cancel"}``, any other frame, or the end of the connection: cancel, as always; while
+  suspended the generation ends once the request being served meanwhile (if any) has finished.
+
+The ``finish`` frame of a generation that was suspended carries ``suspensions``, ``paused_ms`` and
+``suspend_cost_ms`` in its timings, and its ``predicted_ms`` leaves the paused time out.
 """
 
 from __future__ import annotations
@@ -23,6 +43,11 @@ MAX_FRAME = 64 * 1024 * 1024
 
 class ProtocolError(Exception):
     pass
+
+
+# the generate connection's suspension ops (daemon -> worker) and answers (worker -> daemon)
+SUSPEND_OPS = frozenset({"suspend", "resume"})
+SUSPEND_FRAMES = frozenset({"suspended", "suspend_refused", "resumed"})
 
 
 class LoadSpec(BaseModel):
