@@ -175,6 +175,9 @@ class FakeWorker:
             for i, text in enumerate(tokens):
                 if self.world.token_s:
                     await asyncio.sleep(self.world.token_s)
+                if not self.alive:  # killed mid-stream: the socket ends, as a real worker's does
+                    yield ErrorEvent("the model worker was killed by SIGKILL during generation", "worker_crashed", 503)
+                    return
                 yield TextDelta(text)
                 if control is not None:
                     control.mark_started()

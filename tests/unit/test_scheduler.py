@@ -211,7 +211,7 @@ def test_light_alternating_traffic_swaps_every_time() -> None:
 
 # --- predict_wait ------------------------------------------------------------------------------
 
-I, N, B = Priority.INTERACTIVE, Priority.NORMAL, Priority.BACKGROUND
+I, N, B = Priority.INTERACTIVE, Priority.NORMAL, Priority.BACKGROUND  # noqa: E741
 # 1 ms per prompt token, 10 ms per generated token, nothing cached; loads as given per test
 FAST = Speed(prompt_s_per_token=0.001, decode_s_per_token=0.01, completion_tokens=50.0)
 
