@@ -132,7 +132,9 @@ def test_every_other_front_defaults_to_normal(traffic: Any) -> None:
 def test_parse_priority() -> None:
     assert parse_priority(None) is None
     assert parse_priority("background") is Priority.BACKGROUND
-    assert parse_priority(" Interactive ") is Priority.INTERACTIVE
+    assert parse_priority(" interactive ") is Priority.INTERACTIVE  # HTTP's optional whitespace
+    with pytest.raises(ValueError, match="got 'Interactive'"):
+        parse_priority("Interactive")  # as the OpenAPI description says: lower case only
     with pytest.raises(ValueError, match="must be one of interactive, normal, background, got 'urgent'"):
         parse_priority("urgent")
     with pytest.raises(ValueError, match="one of"):

@@ -109,7 +109,7 @@ async def test_the_priority_comes_back_in_x_zoe_priority(served: tuple[FakeGatew
     raw = await oai(client).chat.completions.with_raw_response.create(model="zoe-chat", messages=MESSAGES)
     assert raw.headers["x-zoe-priority"] == "normal" and raw.headers["x-zoe-priority-reason"] == "openai-chat: default"
     assert gateway.contexts[-1].traffic == "openai-chat"
-    streamed = await oai(client, {"X-Zoe-Priority": "Background"}).chat.completions.with_raw_response.create(
+    streamed = await oai(client, {"X-Zoe-Priority": "background"}).chat.completions.with_raw_response.create(
         model="zoe-chat", messages=MESSAGES, stream=True
     )
     assert streamed.headers["x-zoe-priority"] == "background"  # on a stream too, before its first byte

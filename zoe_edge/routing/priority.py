@@ -50,13 +50,12 @@ DEFAULT = PriorityChoice(Priority.NORMAL, "default")
 
 
 def parse_priority(raw: str | None) -> Priority | None:
-    """A header or config value as a :class:`Priority`; ``None`` when absent. Raises ``ValueError`` naming
-    the allowed values (case and surrounding blanks are forgiven: a header is typed by hand)."""
+    """A header value as a :class:`Priority`; ``None`` when absent. Raises ``ValueError`` naming the allowed
+    values. Exactly as the OpenAPI description states them, lower case: a value it calls invalid is refused."""
     if raw is None:
         return None
-    value = raw.strip().lower()
     try:
-        return Priority(value)
+        return Priority(raw.strip())
     except ValueError:
         raise ValueError(f"must be one of {', '.join(ALLOWED)}, got {raw!r}") from None
 
