@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from zoe_edge import __version__
@@ -28,7 +28,7 @@ class _SupervisorCollector(Collector):
         self.status = status
         self.ledger = ledger
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         status = self.status()
         state = GaugeMetricFamily("zoe_supervisor_state", "1 for the slot's current state", labels=["state"])
         current = status["slot"]["state"]
@@ -38,6 +38,7 @@ class _SupervisorCollector(Collector):
         yield GaugeMetricFamily(
             "zoe_queue_depth", "requests waiting for the local slot", value=status["queue"]["length"]
         )
+        yield from _scheduling(status)
         loaded = GaugeMetricFamily("zoe_model_loaded", "1 for the model in the slot", labels=["model"])
         if status["slot"]["model"] and current in ("ready", "busy"):
             loaded.add_metric([status["slot"]["model"]], 1.0)
@@ -50,6 +51,58 @@ class _SupervisorCollector(Collector):
             yield GaugeMetricFamily(
                 "zoe_ledger_failed_rows", "usage rows lost to write failures", value=ledger["rows_failed"]
             )
+
+
+def _scheduling(status: dict[str, Any]) -> Iterator[Metric]:
+    """Queue by priority, suspensions and how well admission predicts waits (from ``/admin/status``)."""
+    by_priority = GaugeMetricFamily("zoe_queue_depth_by_priority", "requests waiting, by priority", labels=["priority"])
+    for priority, count in status["queue"].get("by_priority", {}).items():
+        by_priority.add_metric([priority], count)
+    yield by_priority
+    sched = status.get("scheduling")
+    if not sched:
+        return
+    suspension = sched["suspension"]
+    yield GaugeMetricFamily(
+        "zoe_generation_suspended",
+        "1 while a background generation is paused",
+        value=1.0 if sched["suspended"] else 0.0,
+    )
+    for name, key, doc in (
+        ("zoe_suspensions", "suspensions", "background generations paused for interactive requests"),
+        ("zoe_resumes", "resumes", "paused background generations resumed"),
+        ("zoe_suspend_refusals", "refusals", "suspensions the worker refused (no room, or it ended first)"),
+    ):
+        yield CounterMetricFamily(name, doc, value=suspension[key])
+    yield CounterMetricFamily(
+        "zoe_suspended_seconds", "time background generations spent paused", value=suspension["paused_ms_total"] / 1000
+    )
+    yield CounterMetricFamily(
+        "zoe_suspend_cost_seconds", "saving and restoring paused generations", value=suspension["cost_ms_total"] / 1000
+    )
+    prediction = sched["prediction"]
+    error = GaugeMetricFamily(
+        "zoe_wait_prediction_abs_error_seconds",
+        "absolute error of admission's predicted wait over recent queued requests (actual - predicted)",
+        labels=["quantile"],
+    )
+    for quantile, key in (("0.5", "abs_error_p50_s"), ("0.95", "abs_error_p95_s"), ("1", "abs_error_max_s")):
+        if prediction[key] is not None:
+            error.add_metric([quantile], prediction[key])
+    yield error
+    yield CounterMetricFamily(
+        "zoe_wait_predictions", "queued requests whose wait was predicted", value=prediction["samples"]
+    )
+    yield CounterMetricFamily(
+        "zoe_deadline_expired",
+        "requests still queued when their deadline passed (they left)",
+        value=prediction["expired"],
+    )
+    yield CounterMetricFamily(
+        "zoe_deadline_refused",
+        "requests refused at once: the predicted wait exceeded the deadline",
+        value=prediction["refused"],
+    )
 
 
 class _HardwareCollector(Collector):
