@@ -156,6 +156,7 @@ async def test_every_request_is_one_ledger_row(cached_daemon: Daemon, cloud: Ope
     # local, not streamed
     raw = await oa.chat.completions.with_raw_response.create(model="zoe-chat", messages=HI, max_tokens=4)
     sent.append({"target": "local:smol", "status": 200, "route": "zoe-chat", "id": raw.headers["x-request-id"]})
+    assert raw.headers["x-zoe-priority"] == "normal"  # no header, route or key priority: OpenAI's default
     # the same request streamed: the cache's answer, replayed as a stream
     async with oa.chat.completions.with_streaming_response.create(
         model="zoe-chat", messages=HI, max_tokens=4, stream=True
@@ -217,6 +218,14 @@ async def test_every_request_is_one_ledger_row(cached_daemon: Daemon, cloud: Ope
     assert rows[2]["prompt_tokens"] == 12 and rows[2]["completion_tokens"] == 7
     assert rows[4]["endpoint"] == "/api/chat"
     assert "does not exist" in rows[5]["error"] and "not valid JSON" in rows[6]["error"]
+    # the priority each got, and why: Ollama's chat is the voice path; a request refused before routing has none
+    assert [r["priority"] for r in rows] == ["normal"] * 4 + ["interactive", None, None, None, "normal"]
+    assert rows[4]["priority_reason"] == "Ollama chat: voice default"
+    assert rows[0]["priority_reason"] == "openai-chat: default"
+    assert {(r["suspensions"], r["paused_ms"], r["suspend_cost_ms"]) for r in rows} == {(0, 0.0, 0.0)}
+    by_priority = (await get(daemon, "/admin/usage", ADMIN_KEY, group_by="priority", since="1h")).json()["groups"]
+    assert {g["priority"]: g["requests"] for g in by_priority} == {"-": 3, "interactive": 1, "normal": 5}
+    assert {g["suspended"] for g in by_priority} == {0}
 
     by_key = (await get(daemon, "/admin/usage", ADMIN_KEY, group_by="key", since="1h")).json()["groups"]
     ha = next(g for g in by_key if g["key"] == "ha")
