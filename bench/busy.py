@@ -73,6 +73,7 @@ class Stream:
     completion_tokens: int | None
     served_by: str
     priority: str
+    fallback_reason: str = ""
 
 
 def stream(
@@ -92,9 +93,10 @@ def stream(
     with client.stream("POST", path, json=body, headers=headers or {}, timeout=600) as r:
         served = r.headers.get("x-zoe-served-by", "")
         priority = r.headers.get("x-zoe-priority", "")
+        why = r.headers.get("x-zoe-fallback-reason", "")
         if r.status_code != 200:
             r.read()
-            return Stream(r.status_code, time.perf_counter() - started, None, r.text, None, served, priority)
+            return Stream(r.status_code, time.perf_counter() - started, None, r.text, None, served, priority, why)
         for line in r.iter_lines():
             if not line.startswith("data: "):
                 continue
@@ -113,7 +115,7 @@ def stream(
                         on_token.set()
             if stop is not None and stop.is_set():
                 break
-    return Stream(200, first_byte or 0.0, first_token, "".join(text), tokens, served, priority)
+    return Stream(200, first_byte or 0.0, first_token, "".join(text), tokens, served, priority, why)
 
 
 class Background:
@@ -178,6 +180,7 @@ def summary(values: list[float]) -> str:
 def deadline_trials(client: httpx.Client, trials: int, budget_known: bool, report: Report) -> list[float]:
     ttfb: list[float] = []
     served: dict[str, int] = {}
+    reasons: list[str] = []
     body: dict[str, Any] = {"model": "m", "prompt": COUNTING}
     if budget_known:
         body["max_tokens"] = LONG
@@ -191,8 +194,12 @@ def deadline_trials(client: httpx.Client, trials: int, budget_known: bool, repor
             raise SystemExit(f"the second request failed with {second.status}: {second.text[:300]}")
         ttfb.append(second.first_byte_s)
         served[second.served_by] = served.get(second.served_by, 0) + 1
+        if second.fallback_reason:
+            reasons.append(second.fallback_reason)
     kind = "budget known (max_tokens 512)" if budget_known else "budget unknown (no max_tokens)"
     report.line(f"deadline 1 s, {kind}: second request TTFB {summary(ttfb)}; served by {served}")
+    for why in sorted(set(reasons)):
+        report.line(f"  fallback reason: {why[:300]}")
     report.data[f"deadline_{'known' if budget_known else 'unknown'}"] = {
         "ttfb_s": [round(x, 4) for x in ttfb],
         "served_by": served,
@@ -207,7 +214,7 @@ def prediction_trials(client: httpx.Client, trials: int, rng: random.Random, rep
         time.sleep(rng.uniform(0.1, 1.0))
         second = stream(client, "/v1/chat/completions", {"model": "patient", "messages": CHAT, "max_tokens": 16})
         bg.join()
-        if second.status != 200 or not second.served_by.startswith("m"):
+        if second.status != 200 or second.served_by != "local:m":
             raise SystemExit(f"the patient request was not served locally: {second.status} {second.served_by}")
     prediction = scheduling(client)["prediction"]
     report.line(

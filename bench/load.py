@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,36 +42,12 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import Report, add_arguments  # noqa: E402
 from tests.conftest import smollm_entry, start_daemon, write_registry  # noqa: E402
-from tests.fakes.common import FakeReply  # noqa: E402
-from tests.fakes.openai_fake import OpenAIFake  # noqa: E402
+from tests.fakes.threaded import FakeThread  # noqa: E402
 from zoe_edge.bench.scoring import percentile  # noqa: E402
 from zoe_edge.registry import ensure_model_file, load_registry  # noqa: E402
 
 KEY_ENV = {"ZOE_BENCH_CLOUD_KEY": "sk-bench-not-a-real-key"}
 CHATS = ["Say hi.", "Name a colour.", "What is 2 + 2?", "Give me a one-word greeting.", "Name a fruit."]
-
-
-class FakeThread:
-    """The cloud fake on its own event loop and thread, so the clients' load does not slow it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.fake = OpenAIFake()
-        self.fake.default = FakeReply(text="Hello from the cloud, a few words at a time.", chunk_delay=0.005)
-        self._thread = threading.Thread(target=self.loop.run_forever, name="cloud-fake", daemon=True)
-
-    def __enter__(self) -> OpenAIFake:
-        # the daemon closes an upstream stream once it has read [DONE]; the fake's server then logs a
-        # traceback for the final chunk it could not write, which is noise here
-        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
-        return self.fake
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.fake.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
 
 
 @dataclass

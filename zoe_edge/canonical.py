@@ -272,6 +272,16 @@ class ErrorEvent:
 Event = TextDelta | ReasoningDelta | ToolCall | Finish | ErrorEvent
 
 
+def _timings(timings: Timings) -> dict[str, Any]:
+    """The timings as a frame carries them; the suspension figures only when there was one (most answers,
+    and every cached one, were never paused: the frames and the cache stay as small as they were)."""
+    out = asdict(timings)
+    if not timings.suspensions:
+        for key in ("suspensions", "paused_ms", "suspend_cost_ms"):
+            del out[key]
+    return out
+
+
 def event_to_wire(event: Event) -> dict[str, Any]:
     """Serialise an event for the worker IPC (one JSON frame per event)."""
     if isinstance(event, TextDelta):
@@ -281,7 +291,7 @@ def event_to_wire(event: Event) -> dict[str, Any]:
     if isinstance(event, ToolCall):
         return {"t": "tool_call", "index": event.index, "id": event.id, "name": event.name, "args": event.arguments}
     if isinstance(event, Finish):
-        return {"t": "finish", "reason": event.reason, "usage": asdict(event.usage), "timings": asdict(event.timings)}
+        return {"t": "finish", "reason": event.reason, "usage": asdict(event.usage), "timings": _timings(event.timings)}
     return {"t": "error", "message": event.message, "code": event.code, "status": event.status}
 
 

@@ -161,3 +161,13 @@ def test_generation_request_rejects_unknown_fields() -> None:
         GenerationRequest.model_validate({"model": "m", "prompt": "x", "temprature": 1})
     with pytest.raises(ValidationError):
         GenerationRequest(model="m", prompt="x", max_tokens=0)
+
+
+def test_a_suspended_finish_carries_its_pause_and_an_unpaused_one_stays_small() -> None:
+    paused = Finish("length", Usage(3, 300), Timings(10.0, 900.0, suspensions=2, paused_ms=450.0, suspend_cost_ms=3.5))
+    wire = event_to_wire(paused)
+    assert wire["timings"]["suspensions"] == 2 and wire["timings"]["paused_ms"] == 450.0
+    assert event_from_wire(wire) == paused
+    plain = event_to_wire(Finish("stop", Usage(3, 4), Timings(1.0, 2.0)))
+    assert set(plain["timings"]) == {"prompt_ms", "predicted_ms", "load_ms"}
+    assert event_from_wire(plain).timings.suspensions == 0  # type: ignore[union-attr]
