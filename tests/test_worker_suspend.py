@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,16 +115,18 @@ def baseline(smollm_path: Path, no_disk_snapshots: None) -> dict[str, Run]:
 class Background:
     """A controlled stream consumed by a task of its own (the worker's answers arrive through it)."""
 
-    def __init__(self, w: WorkerProcess, req: GenerationRequest, pause_after: int) -> None:
+    def __init__(self, w: WorkerProcess, req: GenerationRequest, pause_after: int, stall: float = STALL) -> None:
         self.control = GenerationControl()
         self.events: list[Event] = []
+        self.stamps: list[float] = []
         self.reached = asyncio.Event()
         self._pause_after = pause_after
-        self.task = asyncio.create_task(self._consume(w.generate(req, STALL, control=self.control)))
+        self.task = asyncio.create_task(self._consume(w.generate(req, stall, control=self.control)))
 
     async def _consume(self, stream: AsyncIterator[Event]) -> None:
         async for event in stream:
             self.events.append(event)
+            self.stamps.append(time.perf_counter())
             if sum(isinstance(e, TextDelta) for e in self.events) >= self._pause_after:
                 self.reached.set()
         self.reached.set()
@@ -156,7 +159,13 @@ async def test_a_suspended_generation_resumes_byte_identical(
         frames_while_paused = len(bg.events)
 
         for i in range(nested):
-            served = await asyncio.wait_for(collect(w.generate(NESTED[i], STALL)), STALL)
+            if i == 0:
+                served = await asyncio.wait_for(collect(w.generate(NESTED[i], STALL)), STALL)
+            else:  # one saved state at a time: a nested generation refuses to be suspended itself
+                inner = Background(w, NESTED[i], pause_after=5)
+                assert await inner.suspend() is None
+                assert inner.control.refusal == "another generation is suspended on this worker"
+                served = await inner.finished()
             assert served.text == baseline[f"n{i}"].text
             same_usage(served.finish, baseline[f"n{i}"].finish)
             assert served.finish.timings.suspensions == 0
@@ -179,6 +188,9 @@ async def test_a_suspended_generation_resumes_byte_identical(
         assert timings.paused_ms > 0 and timings.paused_ms == pytest.approx(resumed.paused_ms)
         assert timings.suspend_cost_ms == pytest.approx(suspended.save_ms + resumed.restore_ms)
         assert 0 < timings.suspend_cost_ms < timings.paused_ms
+        # decoding time leaves the pause out: it fits in the stream's wall time less the pause
+        streamed_ms = (bg.stamps[-1] - bg.stamps[0]) * 1000.0
+        assert timings.predicted_ms <= streamed_ms - timings.paused_ms + 50.0
 
         # the prefix cache knows the live KV is the background's again: the next request snapshots it,
         # and the background's prompt then comes back from that snapshot
@@ -233,6 +245,32 @@ async def test_a_resume_before_any_token_boundary_withdraws_the_suspend(
     text = "".join(f["text"] for f in frames if f["t"] == "text")
     assert text == baseline["background"].text
     assert frames[-1]["timings"]["suspensions"] == 1
+
+
+async def test_a_suspended_stream_outlasts_its_stall_timeout(smollm_path: Path, baseline: dict[str, Run]) -> None:
+    async with worker(smollm_path) as w:
+        bg = Background(w, SHORT_BACKGROUND, pause_after=20, stall=3.0)
+        assert await bg.suspend() is not None
+        await asyncio.sleep(4.0)  # nothing arrives meanwhile, rightly
+        assert not bg.task.done()
+        bg.control.resume()
+        done = await bg.finished()
+        assert done.text == baseline["short"].text
+        assert done.finish.timings.paused_ms >= 4000.0
+
+
+async def test_a_shutdown_while_suspended_ends_the_generation_and_the_worker(smollm_path: Path) -> None:
+    async with worker(smollm_path) as w:
+        bg = Background(w, SHORT_BACKGROUND, pause_after=20)
+        assert await bg.suspend() is not None
+        reader, writer = await asyncio.open_unix_connection(w.socket_path)
+        writer.write(encode_frame({"op": "shutdown"}))
+        assert await asyncio.wait_for(read_frame(reader), 10.0) == {"t": "bye"}
+        writer.close()
+        await asyncio.wait_for(bg.task, 10.0)
+        last = bg.events[-1]
+        assert isinstance(last, ErrorEvent) and last.code == "shutting_down", last
+        assert await w.exit_status(10.0) == 0
 
 
 async def test_a_worker_killed_while_suspended_ends_the_stream_at_once(smollm_path: Path) -> None:
