@@ -114,6 +114,24 @@ def test_every_required_attribute_exists_in_the_installed_release() -> None:
     assert sum(len(v) for v in llama_compat.REQUIRED.values()) > 30
 
 
+def test_what_a_suspension_swaps_is_checked_on_every_loaded_model() -> None:
+    """Model.__init__ refuses a Llama without them; Llama.__init__ sets each in this release."""
+    import inspect
+
+    import llama_cpp
+
+    from zoe_edge.worker import llama_surface
+
+    assert llama_compat.REQUIRED is llama_surface.REQUIRED
+    assert set(llama_surface.LIVE_ATTRIBUTES) == {"_sampler", "_mirostat_mu", "_seed"}
+    init = inspect.getsource(llama_cpp.Llama.__init__)
+    for attribute in llama_surface.LIVE_ATTRIBUTES:
+        assert f"self.{attribute} =" in init, attribute
+    # Llama.generate rebuilds the sampler chain per call and sample() reads it: a nested generate replaces it
+    generate = inspect.getsource(llama_cpp.Llama.generate)
+    assert "self._sampler = self._init_sampler(" in generate and "self._mirostat_mu =" in generate
+
+
 # --- who refuses --------------------------------------------------------------------------------
 
 

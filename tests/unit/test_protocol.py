@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import socket
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from pydantic import ValidationError
 
 from zoe_edge.worker import protocol
+from zoe_edge.worker.client import control_frame
+from zoe_edge.worker.control import GenerationControl, Resumed, Suspended
 from zoe_edge.worker.protocol import LoadSpec, ProtocolError, encode_frame, read_frame, recv_frame
+from zoe_edge.worker.suspension import Ops
 
 PAYLOADS = [
     {"op": "ping"},
@@ -167,3 +172,90 @@ def test_load_spec_validation() -> None:
         LoadSpec(name="m", path="/m.gguf", n_ctx=2048, n_batch=512, n_threads=4, n_gpu_layers=-1)
     with pytest.raises(ValidationError):
         LoadSpec.model_validate({**spec.model_dump(), "surprise": 1})
+
+
+# --- suspending a generation: the ops the worker reads, the answers the daemon reads ---------------
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the watcher did not get there"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def ops(pair: tuple[socket.socket, socket.socket]) -> Iterator[tuple[Ops, socket.socket]]:
+    daemon, worker = pair
+    watched = Ops(worker)
+    watched.start()
+    yield watched, daemon
+    worker.shutdown(socket.SHUT_RDWR)
+    watched.close()
+
+
+def test_suspend_then_resume_before_a_token_boundary_withdraws(ops: tuple[Ops, socket.socket]) -> None:
+    watched, daemon = ops
+    daemon.sendall(encode_frame({"op": "suspend"}))
+    _wait(lambda: watched.pending)
+    daemon.sendall(encode_frame({"op": "resume"}))
+    _wait(lambda: not watched.pending)
+    assert not watched.claim(accept=True)  # the next token boundary finds nothing to do
+    assert not watched.cancel.is_set()
+
+
+def test_a_claimed_suspension_ends_on_resume_and_wakes_the_worker(ops: tuple[Ops, socket.socket]) -> None:
+    watched, daemon = ops
+    daemon.sendall(encode_frame({"op": "suspend"}))
+    _wait(lambda: watched.pending)
+    assert watched.claim(accept=True)
+    assert watched.outcome() is None
+    daemon.sendall(encode_frame({"op": "suspend"}))  # already suspended: nothing new is pending
+    daemon.sendall(encode_frame({"op": "resume"}))
+    assert select.select([watched.waker], [], [], 5.0)[0], "no wake-up"
+    watched.drain()
+    _wait(lambda: watched.outcome() == "resume")  # read once: the suspension is over
+    assert watched.outcome() is None and not watched.pending
+
+
+def test_a_refused_suspension_leaves_a_later_resume_without_effect(ops: tuple[Ops, socket.socket]) -> None:
+    watched, daemon = ops
+    daemon.sendall(encode_frame({"op": "suspend"}))
+    _wait(lambda: watched.pending)
+    assert watched.claim(accept=False)
+    daemon.sendall(encode_frame({"op": "resume"}) + encode_frame({"op": "ping"}))
+    _wait(watched.cancel.is_set)  # any op but suspend and resume cancels, as a cancel always did
+    assert watched.outcome() == "cancel"
+
+
+@pytest.mark.parametrize("ending", [b"", b"\x00\x00\x00\x02{x"])
+def test_the_end_of_the_connection_or_a_broken_frame_cancels(ops: tuple[Ops, socket.socket], ending: bytes) -> None:
+    watched, daemon = ops
+    daemon.sendall(encode_frame({"op": "suspend"}) + ending)
+    if not ending:
+        daemon.shutdown(socket.SHUT_WR)
+    _wait(watched.cancel.is_set)
+    assert select.select([watched.waker], [], [], 5.0)[0]
+
+
+async def test_the_daemon_hands_suspension_frames_to_the_control() -> None:
+    control = GenerationControl()
+    sent: list[str] = []
+    control.attach(sent.append)
+    control.mark_started()
+    pending = asyncio.ensure_future(control.suspend(timeout=5.0))
+    await asyncio.sleep(0)
+    assert sent == ["suspend"]
+    frame = {"t": "suspended", "tokens": 512, "state_bytes": 11_796_480, "save_ms": 9.5}
+    assert control_frame(frame, control)
+    assert await pending == Suspended(512, 11_796_480, 9.5)
+    assert control.suspended is not None and not control.suspendable
+    assert control_frame({"t": "resumed", "restore_ms": 3.25, "paused_ms": 840.0}, control)
+    assert control.last_resumed == Resumed(3.25, 840.0) and control.suspended is None
+    assert control_frame({"t": "suspend_refused", "reason": "too big"}, control)
+    assert control.refusal == "too big"
+    assert not control_frame({"t": "text", "text": "hi"}, control)  # an event, for the caller
+    assert control_frame({"t": "resumed"}, control)  # malformed: logged and refused, never raised
+    assert control.refusal == "malformed resumed frame"
+    assert control_frame({"t": "suspended", "tokens": 1, "state_bytes": 2, "save_ms": 3}, None)  # nobody asked
+    assert {"suspended", "suspend_refused", "resumed"} == protocol.SUSPEND_FRAMES
