@@ -4,6 +4,10 @@ The process starts without a model (so the daemon can keep a spare one warm), li
 socket, prints ``READY`` on stdout, and then serves one connection at a time. It loads at most one
 model in its lifetime: unloading means the process exits, which is the only way to be sure
 llama.cpp has returned every byte (and every GPU buffer) to the system.
+
+One exception to "one connection at a time": a generation the daemon suspends
+(:mod:`zoe_edge.worker.suspension`) stays open while the connections queued behind it are
+served, one at a time, from inside its token loop; then it goes on.
 """
 
 from __future__ import annotations
