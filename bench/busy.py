@@ -181,9 +181,8 @@ def deadline_trials(client: httpx.Client, trials: int, budget_known: bool, repor
     ttfb: list[float] = []
     served: dict[str, int] = {}
     reasons: list[str] = []
-    body: dict[str, Any] = {"model": "m", "prompt": COUNTING}
-    if budget_known:
-        body["max_tokens"] = LONG
+    # null, not absent: /v1/completions defaults to OpenAI's 16 tokens; null runs until the context ends
+    body: dict[str, Any] = {"model": "m", "prompt": COUNTING, "max_tokens": LONG if budget_known else None}
     for _ in range(trials):
         bg = Background(client, body).start()
         time.sleep(1.0)

@@ -139,28 +139,62 @@ class LoadFailure:
 
 
 @dataclass
+class Rate:
+    """A decayed ratio of sums (seconds per token, tokens per character): a long sample weighs as much as
+    it is long, so a 2k-token prompt is not outvoted by short ones whose fixed overhead dominates, and
+    old samples fade."""
+
+    amount: float = 0.0
+    per: float = 0.0
+    decay: float = 0.9
+
+    def add(self, amount: float, per: float) -> None:
+        self.amount = self.amount * self.decay + amount
+        self.per = self.per * self.decay + per
+
+    @property
+    def value(self) -> float | None:
+        return self.amount / self.per if self.per > 0 else None
+
+
+@dataclass
 class ModelStats:
     requests: int = 0
     service_s: float | None = None
     load_s: float | None = None
     crashes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=10))
     # measured from finished generations; admission predicts waits from them
-    prompt_s_per_token: float | None = None
-    decode_s_per_token: float | None = None
+    prompt_rate: Rate = field(default_factory=Rate)  # seconds per prompt token evaluated
+    decode_rate: Rate = field(default_factory=Rate)  # seconds per generated token
+    char_rate: Rate = field(default_factory=Rate)  # prompt tokens per character of text (template included)
     completion_tokens: float | None = None
     cached_share: float | None = None
-    tokens_per_char: float | None = None
+
+    @property
+    def prompt_s_per_token(self) -> float | None:
+        return self.prompt_rate.value
+
+    @property
+    def decode_s_per_token(self) -> float | None:
+        return self.decode_rate.value
+
+    @property
+    def tokens_per_char(self) -> float | None:
+        return self.char_rate.value
 
     def as_dict(self) -> dict[str, Any]:
         def r(x: float | None, digits: int = 3) -> float | None:
             return None if x is None else round(x, digits)
 
+        def ms(x: float | None) -> float | None:
+            return None if x is None else round(x * 1000, 3)
+
         return {
             "requests": self.requests,
             "mean_request_s": r(self.service_s),
             "load_s": r(self.load_s),
-            "prompt_ms_per_token": r(None if self.prompt_s_per_token is None else self.prompt_s_per_token * 1000),
-            "decode_ms_per_token": r(None if self.decode_s_per_token is None else self.decode_s_per_token * 1000),
+            "prompt_ms_per_token": ms(self.prompt_s_per_token),
+            "decode_ms_per_token": ms(self.decode_s_per_token),
             "typical_completion_tokens": r(self.completion_tokens, 1),
             "cached_share": r(self.cached_share),
         }

@@ -90,6 +90,7 @@ class Supervisor:
         self.loader = Loader(registry, registry_dir, settings, self.profile, worker_factory)
         self.queue = SlotQueue(self.loader)
         self.last_tokens_per_s: float | None = None
+        self._served_by: set[int | None] = set()  # workers that have evaluated a prompt already
 
     def use_registry(self, registry: Registry) -> None:
         """A reloaded registry, for every decision from now on. The loaded worker keeps running: a caller
@@ -248,6 +249,8 @@ class Supervisor:
                 log.warning("%s; retrying the request once", exc.message)
                 continue
             SERVED_CONTEXT.set(ticket.context)
+            warm = worker.pid in self._served_by
+            self._served_by.add(worker.pid)
             started = time.monotonic()
             crashed = retry = False
             try:
@@ -269,7 +272,7 @@ class Supervisor:
                             if retry:
                                 break
                         elif isinstance(event, Finish):
-                            self._learn(model, chars, event)
+                            self._learn(model, chars, event, warm)
                         first = False
                         yield event
             finally:
@@ -309,24 +312,23 @@ class Supervisor:
         per_char = stats.tokens_per_char if stats is not None and stats.tokens_per_char else TOKENS_PER_CHAR
         return int(chars * per_char)
 
-    def _learn(self, model: str, chars: int, finish: Finish) -> None:
-        """Measured speeds from a finished generation, for the next admission's prediction."""
+    def _learn(self, model: str, chars: int, finish: Finish, warm: bool) -> None:
+        """Measured speeds from a finished generation, for the next admission's prediction. ``warm``: not
+        the first prompt of its worker, which also pays llama.cpp's first-batch set-up (10x a warm one)."""
         usage, timings = finish.usage, finish.timings
         stats = self.stats[model]
-        ewma = scheduler.ewma
         if usage.completion_tokens > 1 and timings.predicted_ms > 0:
             self.last_tokens_per_s = timings.per_second(usage)["predicted_per_second"]
-            per_token = timings.predicted_ms / 1000.0 / (usage.completion_tokens - 1)
-            stats.decode_s_per_token = ewma(stats.decode_s_per_token, per_token)
+            stats.decode_rate.add(timings.predicted_ms / 1000.0, usage.completion_tokens - 1)
         evaluated = usage.prompt_tokens - usage.cached_tokens
-        if evaluated >= MIN_PROMPT_SAMPLE and timings.prompt_ms > 0:
-            stats.prompt_s_per_token = ewma(stats.prompt_s_per_token, timings.prompt_ms / 1000.0 / evaluated)
+        if warm and evaluated >= MIN_PROMPT_SAMPLE and timings.prompt_ms > 0:
+            stats.prompt_rate.add(timings.prompt_ms / 1000.0, evaluated)
         if finish.reason != "cancelled":
-            stats.completion_tokens = ewma(stats.completion_tokens, float(usage.completion_tokens))
+            stats.completion_tokens = scheduler.ewma(stats.completion_tokens, float(usage.completion_tokens))
         if usage.prompt_tokens:
-            stats.cached_share = ewma(stats.cached_share, usage.cached_tokens / usage.prompt_tokens)
+            stats.cached_share = scheduler.ewma(stats.cached_share, usage.cached_tokens / usage.prompt_tokens)
             if chars >= MIN_PROMPT_SAMPLE:
-                stats.tokens_per_char = ewma(stats.tokens_per_char, usage.prompt_tokens / chars)
+                stats.char_rate.add(usage.prompt_tokens, chars)
         self.queue.speeds[model] = scheduler.Speed(
             stats.prompt_s_per_token,
             stats.decode_s_per_token,
@@ -469,8 +471,16 @@ class Supervisor:
             }
 
         holder, paused = queue.holder, queue.suspended
+        serving = held(holder, holder.granted_at if holder else None)
+        running = queue.running()
+        if serving is not None and running is not None:
+            # what admission assumes is left of it (0: it has outlived its prediction)
+            speed = queue.speeds.get(running.model)
+            left = scheduler.service_s(running, speed) - (now - running.started_at)
+            serving["predicted_left_s"] = round(max(0.0, left), 3)
+            serving["suspendable"] = running.suspendable
         return {
-            "serving": held(holder, holder.granted_at if holder else None),
+            "serving": serving,
             "suspended": held(paused, paused.paused_since if paused else None),
             "suspension": queue.suspension.as_dict(),
             "prediction": queue.predictions.as_dict(),
