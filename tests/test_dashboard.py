@@ -131,6 +131,13 @@ def test_dashboard_live_in_chromium(board: Daemon, browser: Any) -> None:
     assert "soft limit 85 C" in browser.find_element("id", "warnings").text
     assert "thermal soft" in browser.find_element("id", "thermal-pill").text
     assert "local:smollm2-135m" in browser.find_element("id", "requests").text
+    # the scheduler's side of the queue: nothing waits at any priority, nothing is paused
+    assert browser.find_element("id", "queue-by-priority").text == "none"
+    assert browser.find_element("id", "sched-suspended").text == "nothing"
+    assert browser.find_element("id", "sched-suspensions").text.startswith("0 paused, 0 resumed, 0 refused")
+    assert "queued request" in browser.find_element("id", "sched-prediction").text or "|error|" in (
+        browser.find_element("id", "sched-prediction").text
+    )
     assert "→ smollm2-135m" in browser.find_element("id", "swaps").text
     assert "12" in browser.find_element("id", "ram-text").text and "GB" in browser.find_element("id", "ram-text").text
     cores = js(browser, "return [...document.querySelectorAll('#cores .core')].map(c => c.classList.contains('off'))")

@@ -53,6 +53,8 @@ def daemon_figures(app: web.Application) -> Callable[[], dict[str, Any]]:
             "idle_unload_in_s": slot.get("idle_unload_in_s"),
             "queue": status["queue"]["length"],
             "queue_by_model": status["queue"]["by_model"],
+            "queue_by_priority": status["queue"].get("by_priority") or {},
+            "scheduling": status.get("scheduling"),
             "tokens_per_s": supervisor.last_tokens_per_s,
             "requests": sum(int(m.get("requests") or 0) for m in models.values()),
             "models": models,

@@ -353,6 +353,28 @@
     text("fallbacks", String(d.fallbacks === undefined ? "–" : d.fallbacks));
     const byModel = Object.entries(d.queue_by_model || {}).map(([m, n]) => m + ": " + n);
     text("queue-by-model", byModel.length ? byModel.join(", ") : "none");
+    const byPriority = Object.entries(d.queue_by_priority || {}).filter(([, n]) => n > 0).map(([p, n]) => p + ": " + n);
+    text("queue-by-priority", byPriority.length ? byPriority.join(", ") : "none");
+    const sched = d.scheduling;
+    if (sched) {
+      const who = (h) => (h ? h.model + " · " + h.priority + " · " + fmt(h.for_s, 1, " s") : "nothing");
+      text("sched-serving", who(sched.serving));
+      text("sched-suspended", who(sched.suspended));
+      const s = sched.suspension;
+      text(
+        "sched-suspensions",
+        s.suspensions + " paused, " + s.resumes + " resumed, " + s.refusals + " refused" +
+          (s.suspensions ? " · last " + fmt(s.last_state_mb, 1, " MB") + " saved in " + fmt(s.last_save_ms, 1, " ms") : "")
+      );
+      const p = sched.prediction;
+      text(
+        "sched-prediction",
+        p.samples
+          ? "|error| p50 " + fmt(p.abs_error_p50_s, 2, " s") + ", p95 " + fmt(p.abs_error_p95_s, 2, " s") +
+              " over " + p.recent + " · " + p.expired + " left at their deadline, " + p.refused + " sent on at once"
+          : "no queued request yet"
+      );
+    }
 
     const reqs = (d.recent_requests || []).slice().reverse();
     $("requests").replaceChildren(
