@@ -239,6 +239,13 @@ async def test_every_request_is_one_ledger_row(cached_daemon: Daemon, cloud: Ope
     out = await cli("usage", "--usage-db", db, "--config", config, "--group-by", "route", "--json")
     routes = {g["route"]: g for g in json.loads(out)}
     assert routes["zoe-chat"]["requests"] == 3 and routes["cloud-first"]["requests"] == 2
+    by_priority_cli = {
+        g["priority"]: g
+        for g in json.loads(
+            await cli("usage", "--usage-db", db, "--config", config, "--group-by", "priority", "--json")
+        )
+    }
+    assert {p: g["requests"] for p, g in by_priority_cli.items()} == {g["priority"]: g["requests"] for g in by_priority}
     table = await cli("usage", "--usage-db", db, "--config", config, "--group-by", "model")
     assert table.splitlines()[0].split()[:3] == ["MODEL", "REQUESTS", "ERRORS"]
     assert any(line.startswith("cloud:gpt-fake") for line in table.splitlines())

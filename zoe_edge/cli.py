@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(usage)
     usage.add_argument("--since", default="24h", help="30m, 24h, 7d, an ISO date/datetime or epoch (default: 24h)")
-    usage.add_argument("--group-by", choices=["key", "model", "route", "day"], default="day")
+    usage.add_argument("--group-by", choices=["key", "model", "route", "priority", "day"], default="day")
     usage.add_argument("--usage-db", type=Path, default=_env("ZOE_USAGE_DB"), help="the ledger file to read")
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
