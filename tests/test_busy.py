@@ -47,7 +47,8 @@ def cloud() -> Iterator[OpenAIFake]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path, cloud: OpenAIFake) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("busy")
-    path = write_registry(tmp, {"smol": smollm_entry(smollm_path)})
+    # a context long enough for a prompt that takes seconds to read on any machine
+    path = write_registry(tmp, {"smol": smollm_entry(smollm_path, n_ctx=8192)})
     data = yaml.safe_load(path.read_text())
     data["providers"] = {"cloud": {"type": "openai", "base_url": cloud.url, "api_key_env": "ZOE_TEST_CLOUD_KEY"}}
     data["routes"] = {"edge": {"targets": ["smol", "cloud:gpt-fake"], "deadline": "1s"}}
@@ -72,8 +73,14 @@ class Streamed:
     ended_at: float = 0.0
 
 
-def complete_in_thread(d: Daemon, max_tokens: int | None, headers: dict[str, str] | None = None) -> Streamed:
-    """A streamed counting completion on its own thread (the openai SDK is synchronous here)."""
+def complete_in_thread(
+    d: Daemon,
+    max_tokens: int | None,
+    headers: dict[str, str] | None = None,
+    prompt: str = COUNTING,
+    wait_first_token: bool = True,
+) -> Streamed:
+    """A streamed completion (counting, unless told) on its own thread (the openai SDK is synchronous here)."""
     out = Streamed()
 
     def run() -> None:
@@ -82,7 +89,7 @@ def complete_in_thread(d: Daemon, max_tokens: int | None, headers: dict[str, str
             extra: dict[str, Any] = {"max_tokens": max_tokens} if max_tokens else {"extra_body": {"max_tokens": None}}
             stream = client(d).completions.create(
                 model="smol",
-                prompt=COUNTING,
+                prompt=prompt,
                 temperature=0,
                 stream=True,
                 stream_options={"include_usage": True},
@@ -107,8 +114,17 @@ def complete_in_thread(d: Daemon, max_tokens: int | None, headers: dict[str, str
             out.done.set()
 
     threading.Thread(target=run, daemon=True).start()
-    assert out.first_token.wait(120), "the background generation produced no token"
+    if wait_first_token:
+        assert out.first_token.wait(120), "the background generation produced no token"
     return out
+
+
+TOKENS_PER_ITEM = 6.4  # SmolLM2's tokens for one "item 123," of long_prompt
+
+
+def long_prompt(first_word: str, items: int) -> str:
+    """A raw prompt of about ``TOKENS_PER_ITEM x items`` tokens; the first word keeps it from sharing a KV prefix."""
+    return first_word + ": " + " ".join(f"item {i}," for i in range(items))
 
 
 def status(d: Daemon) -> dict[str, Any]:
@@ -143,18 +159,25 @@ def test_a_known_budget_that_overruns_the_deadline_goes_to_the_cloud_at_once(dae
 
 
 def test_a_request_still_queued_at_its_deadline_leaves_for_the_next_target(daemon: Daemon) -> None:
-    # the model's answers so far were one token long, so a generation without max_tokens is predicted
-    # to end at once: the newcomer is queued, and only the clock can tell it otherwise
+    # a long prompt the KV cache holds, again and again: admission learns that prompts are mostly
+    # cached here. Then an uncached one as long arrives (as after a swap): it is predicted to start
+    # answering at once, while its prompt takes seconds. The newcomer is queued on that prediction,
+    # and only the clock can take it out.
+    usual = long_prompt("Usual", 150)
     for _ in range(6):
-        client(daemon).completions.create(model="smol", prompt="Hi", max_tokens=1, temperature=0)
-    running = complete_in_thread(daemon, None)
+        client(daemon).completions.create(model="smol", prompt=usual, max_tokens=2, temperature=0)
+    measured = status(daemon)["models"]["smol"]
+    assert measured["cached_share"] > 0.8
+    # about 2.5 s of prompt at this machine's measured speed (1 ms a token if it has none yet):
+    # predicted at a sixth of that or less, it is read in full
+    per_token_s = (measured["prompt_ms_per_token"] or 1.0) / 1000
+    items = max(50, min(900, int(2.5 / per_token_s / TOKENS_PER_ITEM)))
+    running = complete_in_thread(daemon, 4, prompt=long_prompt("Unusual", items), wait_first_token=False)
     try:
-        # once the running generation has outlived what admission assumes of it, a newcomer is predicted
-        # to start at once (on a fast machine at once, on a busy one a few seconds in)
-        until = time.monotonic() + 120
-        while status(daemon)["scheduling"]["serving"]["predicted_left_s"] > 0:
+        until = time.monotonic() + 60
+        while status(daemon)["scheduling"]["serving"] is None:
             assert time.monotonic() < until and not running.done.is_set()
-            time.sleep(0.05)
+            time.sleep(0.01)
         expired = status(daemon)["scheduling"]["prediction"]["expired"]
         started = time.monotonic()
         r = httpx.post(
@@ -175,7 +198,7 @@ def test_a_request_still_queued_at_its_deadline_leaves_for_the_next_target(daemo
         )
         # it left the queue at its deadline, not after the running generation
         assert 1.0 <= took < 2.5, took
-        assert not running.done.is_set()
+        assert not running.done.is_set() and not running.text  # still reading its prompt
         sched = status(daemon)["scheduling"]
         assert sched["prediction"]["expired"] == expired + 1
         metrics = httpx.get(daemon.url + "/metrics", timeout=30).text

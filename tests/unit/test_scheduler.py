@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from zoe_edge.canonical import Priority
+from zoe_edge.supervisor.records import LineFit, Rate
 from zoe_edge.supervisor.scheduler import (
     DEFAULT_LOAD_S,
     DEFAULT_SERVICE_S,
@@ -430,3 +431,36 @@ def test_memory_pressure_unloads_only_an_idle_model() -> None:
     )
     assert memory_pressure(900 * mib, 1000 * mib, idle=False) is None  # never cut a generation
     assert memory_pressure(1000 * mib, 1000 * mib, idle=True) is None
+
+
+# --- measured speeds ---------------------------------------------------------------------------
+
+
+def test_a_prompt_fit_separates_the_overhead_from_the_per_token_cost() -> None:
+    fit = LineFit()
+    assert fit.fit() is None and fit.seconds(100) is None
+    # 20 ms of set-up plus 1 ms per token: a 30-token prompt (50 ms) must not make 2000 tokens cost 3.3 s
+    for tokens in (30, 2000, 40, 1500, 30):
+        fit.add(tokens, 0.020 + 0.001 * tokens)
+    overhead, per_token = fit.fit() or (0.0, 0.0)
+    assert overhead == pytest.approx(0.020, abs=1e-6) and per_token == pytest.approx(0.001, rel=1e-6)
+    assert fit.seconds(2000) == pytest.approx(2.02)
+
+
+def test_a_prompt_fit_of_alike_lengths_is_a_ratio_through_zero() -> None:
+    fit = LineFit()
+    for tokens, seconds in ((100, 0.2), (104, 0.21), (98, 0.19)):
+        fit.add(tokens, seconds)
+    overhead, per_token = fit.fit() or (1.0, 0.0)
+    assert overhead == 0.0 and per_token == pytest.approx(0.002, rel=0.03)
+
+
+def test_a_decayed_rate_weighs_long_samples_by_their_length_and_forgets_old_ones() -> None:
+    rate = Rate()
+    assert rate.value is None
+    rate.add(1.0, 100)  # 10 ms per token over 100 tokens
+    rate.add(0.1, 1)  # one slow token barely moves it
+    assert rate.value == pytest.approx((1.0 * 0.9 + 0.1) / (100 * 0.9 + 1))
+    for _ in range(60):
+        rate.add(0.5, 100)  # the board got faster: 5 ms per token
+    assert rate.value == pytest.approx(0.005, rel=0.01)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -170,13 +171,7 @@ class SlotQueue:
         for name, stats in self.loader.stats.items():
             base = out.get(name, scheduler.Speed())
             if stats.load_s is not None:
-                out[name] = scheduler.Speed(
-                    base.prompt_s_per_token,
-                    base.decode_s_per_token,
-                    base.completion_tokens,
-                    base.cached_share,
-                    stats.load_s,
-                )
+                out[name] = dataclasses.replace(base, load_s=stats.load_s)
         return out
 
     async def admit(

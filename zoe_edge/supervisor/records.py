@@ -158,13 +158,56 @@ class Rate:
 
 
 @dataclass
+class LineFit:
+    """Seconds = overhead + per-token x tokens, fitted by decayed least squares over recent prompts.
+
+    A prompt costs a fixed part (the first batch's set-up, sampling the first token) and a part per
+    token; a single ratio would let a few short prompts, all overhead, make a long one look ten times
+    slower than it is. Until the prompts differ enough in length to separate the two, the fit is the
+    ratio of sums through zero.
+    """
+
+    n: float = 0.0
+    x: float = 0.0
+    y: float = 0.0
+    xx: float = 0.0
+    xy: float = 0.0
+    decay: float = 0.9
+
+    def add(self, tokens: float, seconds: float) -> None:
+        d = self.decay
+        self.n = self.n * d + 1
+        self.x = self.x * d + tokens
+        self.y = self.y * d + seconds
+        self.xx = self.xx * d + tokens * tokens
+        self.xy = self.xy * d + tokens * seconds
+
+    def fit(self) -> tuple[float, float] | None:
+        """(overhead s, s per token), or ``None`` before the first sample."""
+        if self.n <= 0 or self.x <= 0:
+            return None
+        mean_x, mean_y = self.x / self.n, self.y / self.n
+        var = self.xx / self.n - mean_x * mean_x
+        if var > (0.25 * mean_x) ** 2:  # lengths spread by a quarter of their mean or more
+            slope = (self.xy / self.n - mean_x * mean_y) / var
+            overhead = mean_y - slope * mean_x
+            if slope > 0 and overhead >= 0:
+                return overhead, slope
+        return 0.0, self.y / self.x
+
+    def seconds(self, tokens: float) -> float | None:
+        fitted = self.fit()
+        return None if fitted is None else fitted[0] + fitted[1] * tokens
+
+
+@dataclass
 class ModelStats:
     requests: int = 0
     service_s: float | None = None
     load_s: float | None = None
     crashes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=10))
     # measured from finished generations; admission predicts waits from them
-    prompt_rate: Rate = field(default_factory=Rate)  # seconds per prompt token evaluated
+    prompt_fit: LineFit = field(default_factory=LineFit)  # seconds for a prompt of n tokens evaluated
     decode_rate: Rate = field(default_factory=Rate)  # seconds per generated token
     char_rate: Rate = field(default_factory=Rate)  # prompt tokens per character of text (template included)
     completion_tokens: float | None = None
@@ -172,7 +215,13 @@ class ModelStats:
 
     @property
     def prompt_s_per_token(self) -> float | None:
-        return self.prompt_rate.value
+        fitted = self.prompt_fit.fit()
+        return None if fitted is None else fitted[1]
+
+    @property
+    def prompt_overhead_s(self) -> float | None:
+        fitted = self.prompt_fit.fit()
+        return None if fitted is None else fitted[0]
 
     @property
     def decode_s_per_token(self) -> float | None:
@@ -194,6 +243,7 @@ class ModelStats:
             "mean_request_s": r(self.service_s),
             "load_s": r(self.load_s),
             "prompt_ms_per_token": ms(self.prompt_s_per_token),
+            "prompt_overhead_ms": ms(self.prompt_overhead_s),
             "decode_ms_per_token": ms(self.decode_s_per_token),
             "typical_completion_tokens": r(self.completion_tokens, 1),
             "cached_share": r(self.cached_share),

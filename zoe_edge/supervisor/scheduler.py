@@ -54,6 +54,7 @@ class Speed:
     completion_tokens: float | None = None  # typical answer length, for requests without max_tokens
     cached_share: float = 0.0  # typical share of a prompt found in the KV cache
     load_s: float | None = None
+    prompt_overhead_s: float = 0.0  # what any prompt costs before its tokens do
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,9 @@ def service_s(job: Waiting | Running, speed: Speed | None) -> float:
     if speed is None or speed.decode_s_per_token is None:
         return DEFAULT_SERVICE_S
     tokens = job.max_tokens if job.max_tokens is not None else speed.completion_tokens or DEFAULT_COMPLETION_TOKENS
-    prompt = job.prompt_tokens * (1.0 - speed.cached_share) * (speed.prompt_s_per_token or 0.0)
+    prompt = speed.prompt_overhead_s + job.prompt_tokens * (1.0 - speed.cached_share) * (
+        speed.prompt_s_per_token or 0.0
+    )
     return prompt + tokens * speed.decode_s_per_token
 
 

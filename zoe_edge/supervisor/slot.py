@@ -322,7 +322,7 @@ class Supervisor:
             stats.decode_rate.add(timings.predicted_ms / 1000.0, usage.completion_tokens - 1)
         evaluated = usage.prompt_tokens - usage.cached_tokens
         if warm and evaluated >= MIN_PROMPT_SAMPLE and timings.prompt_ms > 0:
-            stats.prompt_rate.add(timings.prompt_ms / 1000.0, evaluated)
+            stats.prompt_fit.add(evaluated, timings.prompt_ms / 1000.0)
         if finish.reason != "cancelled":
             stats.completion_tokens = scheduler.ewma(stats.completion_tokens, float(usage.completion_tokens))
         if usage.prompt_tokens:
@@ -335,6 +335,7 @@ class Supervisor:
             stats.completion_tokens,
             stats.cached_share or 0.0,
             stats.load_s,
+            stats.prompt_overhead_s or 0.0,
         )
         if timings.suspensions:
             self.queue.suspension.paused_ms_total += timings.paused_ms
