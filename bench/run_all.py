@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
 # the order they run in; each is bench/<name>.py
-BENCHES = ["throughput", "swap", "overhead", "prefix", "load", "peer", "abort_cost"]
+BENCHES = ["throughput", "swap", "overhead", "prefix", "load", "peer", "abort_cost", "busy"]
 
 
 def machine() -> dict[str, str]:

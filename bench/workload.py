@@ -100,3 +100,11 @@ OTHER_PROMPTS = [
     "What is a good breakfast before a long walk?",
     "Explain in one sentence what a barometer measures.",
 ]
+
+
+TOKENS_PER_ITEM = 6.4  # SmolLM2's tokens for one "item 123," of long_prompt
+
+
+def long_prompt(first_word: str, items: int) -> str:
+    """A raw prompt of about ``TOKENS_PER_ITEM x items`` tokens; the first word keeps it from sharing a KV prefix."""
+    return first_word + ": " + " ".join(f"item {i}," for i in range(items))

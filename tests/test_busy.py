@@ -26,6 +26,7 @@ import openai
 import pytest
 import yaml
 
+from bench.workload import TOKENS_PER_ITEM, long_prompt
 from tests.conftest import Daemon, smollm_entry, start_daemon, write_registry
 from tests.fakes.common import FakeReply
 from tests.fakes.openai_fake import OpenAIFake
@@ -117,14 +118,6 @@ def complete_in_thread(
     if wait_first_token:
         assert out.first_token.wait(120), "the background generation produced no token"
     return out
-
-
-TOKENS_PER_ITEM = 6.4  # SmolLM2's tokens for one "item 123," of long_prompt
-
-
-def long_prompt(first_word: str, items: int) -> str:
-    """A raw prompt of about ``TOKENS_PER_ITEM x items`` tokens; the first word keeps it from sharing a KV prefix."""
-    return first_word + ": " + " ".join(f"item {i}," for i in range(items))
 
 
 def status(d: Daemon) -> dict[str, Any]:

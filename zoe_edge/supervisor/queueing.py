@@ -386,7 +386,8 @@ class SlotQueue:
         now = time.monotonic()
         ticket.granted_at = now
         self.holder = ticket
-        self.predictions.record(ticket.prediction.wait_s, now - ticket.enqueued_at, ticket.priority)
+        if ticket.prediction.contended:  # a free slot's "0 s" says nothing about the predictor
+            self.predictions.record(ticket.prediction.wait_s, now - ticket.enqueued_at, ticket.priority)
         ticket.granted.set_result(worker)
 
     # --- suspending a background generation for interactive requests ---------------------------

@@ -26,7 +26,8 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 class PredictionLog:
-    """How well admission predicted the wait of the requests it queued: error = actual - predicted."""
+    """How well admission predicted the wait of the requests it queued behind something (a running
+    request, a queue, a load): error = actual - predicted."""
 
     def __init__(self, keep: int = 500) -> None:
         self.errors: collections.deque[float] = collections.deque(maxlen=keep)

@@ -61,6 +61,7 @@ class Speed:
 class Prediction:
     wait_s: float
     reason: str
+    contended: bool = False  # something was ahead (a running request, a queue, a load): a real prediction
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def predict_wait(
         load = speed.load_s if speed is not None and speed.load_s is not None else DEFAULT_LOAD_S
         wait += load
         parts.append(f"load {model!r} {load:.1f} s")
-    return Prediction(wait, " + ".join(parts) if parts else "the slot is free")
+    return Prediction(wait, " + ".join(parts) if parts else "the slot is free", bool(parts))
 
 
 def should_suspend(running: Running | None, queue: Sequence[Waiting], loaded: str | None) -> str | None:
