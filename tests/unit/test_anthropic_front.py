@@ -123,7 +123,9 @@ def test_a_full_conversation_maps_to_canonical_messages() -> None:
     ]
     assistant = (req.messages or [])[2]
     assert assistant.tool_calls is not None and assistant.tool_calls[0].model_dump() == {
-        "id": "toolu_1", "name": "get_weather", "arguments": {"city": "Oslo"}
+        "id": "toolu_1",
+        "name": "get_weather",
+        "arguments": {"city": "Oslo"},
     }
     assert [m.tool_call_id for m in req.messages or [] if m.role == "tool"] == ["toolu_1", "toolu_2"]
     assert req.tools[0].parameters == WEATHER["input_schema"] and req.tools[0].description == WEATHER["description"]
@@ -134,16 +136,20 @@ def test_a_full_conversation_maps_to_canonical_messages() -> None:
 
 @pytest.mark.parametrize(
     ("choice", "mode", "name"),
-    [({"type": "auto"}, "auto", None), ({"type": "none"}, "none", None),
-     ({"type": "tool", "name": "get_weather"}, "function", "get_weather")],
+    [
+        ({"type": "auto"}, "auto", None),
+        ({"type": "none"}, "none", None),
+        ({"type": "tool", "name": "get_weather"}, "function", "get_weather"),
+    ],
 )
 def test_tool_choice(choice: dict[str, Any], mode: str, name: str | None) -> None:
     req = front.MessagesRequest.model_validate({**BODY, "tools": [WEATHER], "tool_choice": choice}).to_canonical()
     assert (req.tool_choice.mode, req.tool_choice.name) == (mode, name)
 
 
-@pytest.mark.parametrize(("thinking", "think"), [(None, None), ({"type": "disabled"}, False),
-                                                 ({"type": "adaptive"}, None)])
+@pytest.mark.parametrize(
+    ("thinking", "think"), [(None, None), ({"type": "disabled"}, False), ({"type": "adaptive"}, None)]
+)
 def test_thinking(thinking: dict[str, Any] | None, think: bool | None) -> None:
     assert front.MessagesRequest.model_validate({**BODY, "thinking": thinking}).to_canonical().think is think
 
@@ -176,8 +182,13 @@ def test_bad_bodies_are_400s(change: dict[str, Any], needle: str) -> None:
 
 
 async def test_whole_message_validates_as_the_sdk_message(client: TestClient[Any, Any], fake: FakeGateway) -> None:
-    fake.script = [ReasoningDelta("hmm"), TextDelta("Hello"), TextDelta(" there"),
-                   ToolCall(0, "call_1", "get_weather", {"city": "Oslo"}), finish("tool_calls")]
+    fake.script = [
+        ReasoningDelta("hmm"),
+        TextDelta("Hello"),
+        TextDelta(" there"),
+        ToolCall(0, "call_1", "get_weather", {"city": "Oslo"}),
+        finish("tool_calls"),
+    ]
     r = await client.post("/v1/messages", json={**BODY, "tools": [WEATHER]}, headers=AUTH)
     assert r.status == 200 and r.headers["request-id"] == r.headers["X-Request-Id"]
     body = await r.json()
@@ -188,12 +199,17 @@ async def test_whole_message_validates_as_the_sdk_message(client: TestClient[Any
     assert body["content"][1] == {"type": "text", "text": "Hello there"}
     assert body["content"][2] == {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Oslo"}}
     assert msg.stop_reason == "tool_use" and msg.stop_sequence is None
-    assert body["usage"] == {"input_tokens": 8, "output_tokens": 3, "cache_read_input_tokens": 4,
-                             "cache_creation_input_tokens": 0}
+    assert body["usage"] == {
+        "input_tokens": 8,
+        "output_tokens": 3,
+        "cache_read_input_tokens": 4,
+        "cache_creation_input_tokens": 0,
+    }
 
 
-@pytest.mark.parametrize(("reason", "stop"), [("stop", "end_turn"), ("length", "max_tokens"),
-                                              ("cancelled", "end_turn")])
+@pytest.mark.parametrize(
+    ("reason", "stop"), [("stop", "end_turn"), ("length", "max_tokens"), ("cancelled", "end_turn")]
+)
 async def test_stop_reasons(client: TestClient[Any, Any], fake: FakeGateway, reason: str, stop: str) -> None:
     fake.script = [TextDelta("x"), finish(reason)]
     body = await (await client.post("/v1/messages", json=BODY, headers=AUTH)).json()
@@ -204,9 +220,15 @@ async def test_stop_reasons(client: TestClient[Any, Any], fake: FakeGateway, rea
 
 
 async def test_stream_events_assemble_in_the_sdk(client: TestClient[Any, Any], fake: FakeGateway) -> None:
-    fake.script = [ReasoningDelta("let me "), ReasoningDelta("see"), TextDelta("Hi"), TextDelta("!"),
-                   ToolCall(0, "call_1", "get_weather", {"city": "Oslo"}),
-                   ToolCall(1, "", "get_weather", {"city": "Bergen"}), finish("tool_calls", 20, 9, 0)]
+    fake.script = [
+        ReasoningDelta("let me "),
+        ReasoningDelta("see"),
+        TextDelta("Hi"),
+        TextDelta("!"),
+        ToolCall(0, "call_1", "get_weather", {"city": "Oslo"}),
+        ToolCall(1, "", "get_weather", {"city": "Bergen"}),
+        finish("tool_calls", 20, 9, 0),
+    ]
     r = await client.post("/v1/messages", json={**BODY, "stream": True, "tools": [WEATHER]}, headers=AUTH)
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
     events = sse_events(await r.text())
@@ -215,11 +237,21 @@ async def test_stream_events_assemble_in_the_sdk(client: TestClient[Any, Any], f
     assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"]
     # each block opens, gets its deltas, closes before the next opens
     assert names[2:-2] == [
-        "content_block_start", "content_block_delta", "content_block_delta", "content_block_delta",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
         "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
     ]
     snapshot = None
     for _, data in events:
@@ -235,9 +267,7 @@ async def test_stream_events_assemble_in_the_sdk(client: TestClient[Any, Any], f
     assert (snapshot.usage.input_tokens, snapshot.usage.output_tokens) == (20, 9)
 
 
-async def test_an_error_after_the_first_byte_is_an_error_event(
-    client: TestClient[Any, Any], fake: FakeGateway
-) -> None:
+async def test_an_error_after_the_first_byte_is_an_error_event(client: TestClient[Any, Any], fake: FakeGateway) -> None:
     fake.script = [TextDelta("Hel"), ErrorEvent("the worker crashed", "worker_crashed", 503)]
     r = await client.post("/v1/messages", json={**BODY, "stream": True}, headers=AUTH)
     assert r.status == 200
@@ -272,8 +302,11 @@ async def test_errors_in_anthropic_shape(
     r = await client.post("/v1/messages", json=BODY, headers=AUTH)
     assert r.status == status
     body = await r.json()
-    assert body == {"type": "error", "error": {"type": kind, "message": exc.message},
-                    "request_id": r.headers["request-id"]}
+    assert body == {
+        "type": "error",
+        "error": {"type": kind, "message": exc.message},
+        "request_id": r.headers["request-id"],
+    }
     sdk_error = anthropic.Anthropic(api_key="-")._make_status_error("x", body=body, response=_fake_response(status))
     assert sdk_error.status_code == status
 
@@ -293,8 +326,7 @@ async def test_a_missing_body_field_is_a_400(client: TestClient[Any, Any]) -> No
 
 @pytest.mark.parametrize(
     ("headers", "status"),
-    [({}, 401), ({"x-api-key": "wrong"}, 401), ({"x-api-key": KEY}, 200),
-     ({"Authorization": f"Bearer {KEY}"}, 200)],
+    [({}, 401), ({"x-api-key": "wrong"}, 401), ({"x-api-key": KEY}, 200), ({"Authorization": f"Bearer {KEY}"}, 200)],
 )
 async def test_auth(client: TestClient[Any, Any], fake: FakeGateway, headers: dict[str, str], status: int) -> None:
     fake.script = [TextDelta("x"), finish()]

@@ -82,7 +82,9 @@ async def test_openai_tool_calls_carry_arguments_as_a_json_string(served: tuple[
     gateway.script = CALL
     tools = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {"type": "object"}}}]
     resp = await sdk(client).chat.completions.create(
-        model="zoe-chat", messages=[{"role": "user", "content": "light on"}], tools=tools  # type: ignore[arg-type]
+        model="zoe-chat",
+        messages=[{"role": "user", "content": "light on"}],
+        tools=tools,  # type: ignore[arg-type]
     )
     message = resp.choices[0].message
     assert resp.choices[0].finish_reason == "tool_calls" and message.content is None
@@ -136,8 +138,9 @@ async def test_ollama_empty_requests_load_unload_and_keep_alive(served: tuple[Fa
     assert unloaded.done_reason == "unload" and gateway.lifecycle[-1] == ("unload", "zoe-chat")
     assert gateway.requests == []  # nothing was generated
     # a bad keep_alive is a 400 before anything is routed
-    r = await client.post("/api/chat", json={"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                              "keep_alive": "soon"})
+    r = await client.post(
+        "/api/chat", json={"model": "m", "messages": [{"role": "user", "content": "x"}], "keep_alive": "soon"}
+    )
     assert r.status == 400 and "keep_alive" in (await r.json())["error"] and gateway.requests == []
 
 

@@ -4,6 +4,7 @@ hands it to the supervisor: pure functions first, then the registry, then the ga
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from zoe_edge.routing.dispatch import Dispatcher
 from zoe_edge.routing.priority import (
     HA_AI_TASK_PROMPT,
     PriorityChoice,
+    Traffic,
     choose_priority,
     is_ha_ai_task,
     parse_priority,
@@ -110,20 +112,8 @@ def test_the_ai_task_prompt_must_open_the_system_message() -> None:
     assert not is_ha_ai_task(req(Message(role="system", content=HA_AI_TASK_PROMPT[:-1] + " and more.")))
 
 
-@pytest.mark.parametrize(
-    "traffic",
-    [
-        "ollama-generate",
-        "ollama-embed",
-        "openai-chat",
-        "openai-completions",
-        "openai-embeddings",
-        "responses",
-        "anthropic-messages",
-        "anthropic-count-tokens",
-        "other",
-    ],
-)
+# every front the Literal names except Ollama chat, the one with a traffic default of its own
+@pytest.mark.parametrize("traffic", [t for t in typing.get_args(Traffic) if t != "ollama-chat"])
 def test_every_other_front_defaults_to_normal(traffic: Any) -> None:
     choice = traffic_priority(canonical(ha_body("assist-first-turn.request.json")), traffic)
     assert choice.priority is Priority.NORMAL and traffic in choice.reason

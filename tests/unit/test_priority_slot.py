@@ -10,18 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Protocol
 
 import pytest
-import yaml
 
 from tests.fakes.worker import World
+from tests.unit.conftest import MakeSupervisor
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Priority, TextDelta
-from zoe_edge.config import Settings
 from zoe_edge.errors import Failure, ServiceUnavailable
-from zoe_edge.registry import load_registry
 from zoe_edge.supervisor import SlotState, Supervisor
 
 I, N, B = Priority.INTERACTIVE, Priority.NORMAL, Priority.BACKGROUND  # noqa: E741
@@ -52,36 +47,13 @@ async def until(condition: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-class MakeSupervisor(Protocol):
-    def __call__(self, **admission: object) -> Supervisor: ...
-
-
-@pytest.fixture
-def world() -> World:
-    return World()
-
-
-@pytest.fixture
-async def make_supervisor(tmp_path: Path, smollm_gguf: Path, world: World) -> AsyncIterator[MakeSupervisor]:
-    made: list[Supervisor] = []
-
-    def make(**admission: object) -> Supervisor:
-        entry = {"file": str(smollm_gguf), "n_ctx": 2048, "n_threads": 2, "ttl": "10m"}
-        data = {
-            "default": "a",
-            "models": {"a": entry},
-            "admission": {"spare_worker": False, "min_residency": "0s", **admission},
-        }
-        path = tmp_path / "models.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        settings = Settings(state_dir=tmp_path / "state", profile="orin-nano-8gb", preload=False)
-        sup = Supervisor(load_registry(path), tmp_path, settings, worker_factory=world.factory)
-        made.append(sup)
-        return sup
-
-    yield make
-    for sup in made:
-        await asyncio.wait_for(sup.close(), 10)
+async def streaming(sup: Supervisor) -> None:
+    """Until the slot's holder has streamed its first event (from then on it is between tokens)."""
+    await until(
+        lambda: (
+            sup.queue.holder is not None and sup.queue.holder.control is not None and sup.queue.holder.control.started
+        )
+    )
 
 
 async def started(sup: Supervisor) -> Supervisor:
@@ -231,11 +203,7 @@ async def test_normal_requests_do_not_suspend_and_wait_instead(make_supervisor: 
     sup = await started(make_supervisor())
     world.token_s = 0.01
     bg = asyncio.create_task(run(sup, pieces("bg", 30), B))
-    await until(
-        lambda: (
-            sup.queue.holder is not None and sup.queue.holder.control is not None and sup.queue.holder.control.started
-        )
-    )
+    await streaming(sup)
     normal = await asyncio.wait_for(run(sup, pieces("n", 2), N, deadline=5), 5)
     assert bg.done()  # it waited for the whole background stream
     assert (await bg)[-1].timings.suspensions == 0  # type: ignore[union-attr]
@@ -250,11 +218,7 @@ async def test_a_refused_suspension_leaves_the_interactive_request_to_its_deadli
     world.token_s = 0.02
     world.refuse_suspend = "the state needs 90 MB, over the 48 MB reserved"
     bg = asyncio.create_task(run(sup, pieces("bg", 50), B))
-    await until(
-        lambda: (
-            sup.queue.holder is not None and sup.queue.holder.control is not None and sup.queue.holder.control.started
-        )
-    )
+    await streaming(sup)
     with pytest.raises(ServiceUnavailable) as busy:
         await run(sup, pieces("voice", 2), I, deadline=0.3)
     assert busy.value.kind is Failure.BUSY
@@ -271,11 +235,7 @@ async def test_suspension_off_in_admission_means_interactive_requests_wait(
     sup = await started(make_supervisor(suspend=False))
     world.token_s = 0.01
     bg = asyncio.create_task(run(sup, pieces("bg", 20), B))
-    await until(
-        lambda: (
-            sup.queue.holder is not None and sup.queue.holder.control is not None and sup.queue.holder.control.started
-        )
-    )
+    await streaming(sup)
     voice = await asyncio.wait_for(run(sup, pieces("voice", 2), I, deadline=5), 5)
     assert bg.done() and isinstance(voice[-1], Finish)
     assert sup.status()["scheduling"]["suspension"]["suspensions"] == 0
@@ -287,11 +247,7 @@ async def test_a_worker_killed_while_a_generation_is_suspended_ends_both_cleanly
     sup = await started(make_supervisor())
     world.token_s = 0.01
     bg = asyncio.create_task(run(sup, pieces("bg", 200), B))
-    await until(
-        lambda: (
-            sup.queue.holder is not None and sup.queue.holder.control is not None and sup.queue.holder.control.started
-        )
-    )
+    await streaming(sup)
     world.token_s = 0.05
     voice = asyncio.create_task(run(sup, pieces("voice", 20), I, deadline=2))
     await until(lambda: sup.queue.suspended is not None)

@@ -297,7 +297,10 @@ async def test_stored_responses_chain_retrieve_delete_per_key(client: TestClient
     first = await a.responses.create(model="zoe-chat", input="My name is Ada.", instructions="Be kind.")
     fake.script = [ToolCall(0, "call_1", "get_weather", {"city": "Oslo"}), finish("tool_calls")]
     second = await a.responses.create(
-        model="zoe-chat", input="Weather?", previous_response_id=first.id, tools=[WEATHER]  # type: ignore[list-item]
+        model="zoe-chat",
+        input="Weather?",
+        previous_response_id=first.id,
+        tools=[WEATHER],  # type: ignore[list-item]
     )
     fake.script = [TextDelta("Rainy."), finish()]
     third = await a.responses.create(

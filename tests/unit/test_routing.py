@@ -145,8 +145,10 @@ BASE: dict[str, Any] = {"default": "m", "models": {"m": {"file": "/x.gguf"}}}
         ({"routes": {"r": {"targets": []}}}, "targets"),
         ({"routes": {"m": {"targets": ["m"]}}}, "same name as a model"),
         ({"auto": {"default": "nowhere"}}, "'nowhere' is not a model, alias or route"),
-        ({"auto": {"default": "m", "rules": [{"route": "m", "reason": "x", "pattern": "(unclosed"}]}},
-         "not a valid regular expression"),
+        (
+            {"auto": {"default": "m", "rules": [{"route": "m", "reason": "x", "pattern": "(unclosed"}]}},
+            "not a valid regular expression",
+        ),
         ({"auto": {"name": "m", "default": "m"}}, "already a model"),
     ],
 )

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-import yaml
 
 from tests.fakes.worker import World
+from tests.unit.conftest import MakeSupervisor
 from zoe_edge.canonical import ErrorEvent, Event, Finish, GenerationRequest, Message, TextDelta
-from zoe_edge.config import Settings
 from zoe_edge.errors import Failure, ModelLoadFailed, ServiceUnavailable
-from zoe_edge.registry import load_registry
 from zoe_edge.supervisor import InvalidTransition, SlotState, Supervisor
 from zoe_edge.supervisor.state import TRANSITIONS, SlotMachine
 
@@ -58,41 +55,6 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the condition did not come true")
-
-
-@pytest.fixture
-def world() -> World:
-    return World()
-
-
-class MakeSupervisor(Protocol):
-    def __call__(self, **admission: object) -> Supervisor: ...
-
-
-@pytest.fixture
-async def make_supervisor(tmp_path: Path, smollm_gguf: Path, world: World) -> AsyncIterator[MakeSupervisor]:
-    """Supervisors over models ``a`` and ``b`` (both the SmolLM2 header) with fake workers; closed at the end."""
-    made: list[Supervisor] = []
-
-    def make(**admission: object) -> Supervisor:
-        entry = {"file": str(smollm_gguf), "n_ctx": 2048, "n_threads": 2, "ttl": "10m"}
-        data = {
-            "default": "a",
-            "models": {"a": dict(entry), "b": dict(entry)},
-            # no spare: each test counts the workers it caused
-            "admission": {"spare_worker": False, "min_residency": "0s", **admission},
-        }
-        path = tmp_path / "models.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        # a simulated board: its memory does not move under the test
-        settings = Settings(state_dir=tmp_path / "state", profile="orin-nano-8gb", preload=False)
-        sup = Supervisor(load_registry(path), tmp_path, settings, worker_factory=world.factory)
-        made.append(sup)
-        return sup
-
-    yield make
-    for sup in made:
-        await asyncio.wait_for(sup.close(), 10)
 
 
 @pytest.fixture
