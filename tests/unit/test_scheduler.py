@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from zoe_edge.canonical import Priority
-from zoe_edge.supervisor.records import LineFit, Rate
+from zoe_edge.canonical import Finish, GenerationRequest, Message, Priority, Timings, Usage
+from zoe_edge.supervisor.records import LineFit, ModelStats, Rate
 from zoe_edge.supervisor.scheduler import (
     DEFAULT_LOAD_S,
     DEFAULT_SERVICE_S,
@@ -25,6 +25,7 @@ from zoe_edge.supervisor.scheduler import (
     predict_wait,
     should_suspend,
 )
+from zoe_edge.supervisor.speeds import TOKENS_PER_CHAR, learn, prompt_chars, prompt_tokens
 
 W = Waiting
 
@@ -464,3 +465,22 @@ def test_a_decayed_rate_weighs_long_samples_by_their_length_and_forgets_old_ones
     for _ in range(60):
         rate.add(0.5, 100)  # the board got faster: 5 ms per token
     assert rate.value == pytest.approx(0.005, rel=0.01)
+
+
+def test_learning_leaves_out_a_cold_prompt_and_a_cancelled_answer_length() -> None:
+    stats = ModelStats()
+    chat = GenerationRequest(model="m", messages=[Message(role="user", content="Say hello to the kitchen.")])
+    chars = prompt_chars(chat)
+    assert chars == len("Say hello to the kitchen.")
+    cold = Finish("stop", Usage(40, 9), Timings(prompt_ms=1400.0, predicted_ms=80.0))
+    speed = learn(stats, chars, cold, warm=False)
+    # the first prompt of a worker pays llama.cpp's set-up: no prompt speed from it; decoding counts
+    assert speed.prompt_s_per_token is None and speed.decode_s_per_token == pytest.approx(0.01)
+    warm = Finish("stop", Usage(40, 9), Timings(prompt_ms=80.0, predicted_ms=80.0))
+    speed = learn(stats, chars, warm, warm=True)
+    assert speed.prompt_s_per_token == pytest.approx(0.002) and speed.completion_tokens == 9.0
+    learn(stats, chars, Finish("cancelled", Usage(40, 300), Timings(80.0, 3000.0)), warm=True)
+    assert stats.completion_tokens == 9.0  # a client that hung up says nothing about answer lengths
+    # the template's tokens count: 40 tokens for 25 characters
+    assert prompt_tokens(stats, 50) == int(50 * 40 / 25)
+    assert prompt_tokens(None, 100) == int(100 * TOKENS_PER_CHAR)

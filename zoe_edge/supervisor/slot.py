@@ -24,7 +24,7 @@ from zoe_edge.config import Settings
 from zoe_edge.errors import Failure, InvalidRequest, ServiceUnavailable, ZoeError
 from zoe_edge.gguf_info import GGUFError
 from zoe_edge.registry import Registry
-from zoe_edge.supervisor import device, scheduler
+from zoe_edge.supervisor import device, scheduler, speeds
 from zoe_edge.supervisor.loading import Loader, ModelTooLarge, default_threads, load_spec
 from zoe_edge.supervisor.planner import Budget, ContextDecision, Plan
 from zoe_edge.supervisor.queueing import SlotQueue, Ticket
@@ -47,24 +47,6 @@ __all__ = [
 log = logging.getLogger("zoe_edge.supervisor")
 
 MiB = device.MiB
-# tokens per character of prompt text until a model's own ratio is measured (English text on BPE vocabularies)
-TOKENS_PER_CHAR = 0.3
-# below this many tokens or characters a sample says more about overheads than about speed
-MIN_PROMPT_SAMPLE = 8
-
-
-def prompt_chars(req: GenerationRequest) -> int:
-    """The text a prompt is made of, in characters: messages, raw prompt and the tools offered."""
-    chars = len(req.prompt or "")
-    for message in req.messages or ():
-        chars += len(message.content)
-        for call in message.tool_calls or ():
-            chars += len(call.name) + len(str(call.arguments))
-    for tool in req.tools if req.uses_tools else ():
-        chars += len(tool.name) + len(tool.description) + len(str(tool.parameters))
-    return chars
-
-
 # The context decision for the generation this task is streaming, set by Supervisor.generate once the
 # slot is granted (the API handler iterates the stream in its own task, so it sees the value); the
 # fronts turn it into x-zoe-context headers. None: no local generation was started in this context.
@@ -223,7 +205,7 @@ class Supervisor:
                 "or /api/embed, or name a generative model",
                 param="model",
             )
-        chars = prompt_chars(req)
+        chars = speeds.prompt_chars(req)
         for attempt in (1, 2):
             control = GenerationControl(on_change=self.queue.wake)
             try:
@@ -307,36 +289,14 @@ class Supervisor:
         return ticket, worker
 
     def _prompt_tokens(self, model: str, chars: int) -> int:
-        """The prompt's length in tokens before the worker tokenises it, from this model's measured ratio."""
-        stats = self.stats.get(model)
-        per_char = stats.tokens_per_char if stats is not None and stats.tokens_per_char else TOKENS_PER_CHAR
-        return int(chars * per_char)
+        return speeds.prompt_tokens(self.stats.get(model), chars)
 
     def _learn(self, model: str, chars: int, finish: Finish, warm: bool) -> None:
-        """Measured speeds from a finished generation, for the next admission's prediction. ``warm``: not
-        the first prompt of its worker, which also pays llama.cpp's first-batch set-up (10x a warm one)."""
+        """Measured speeds from a finished generation, for the next admission's prediction."""
+        self.queue.speeds[model] = speeds.learn(self.stats[model], chars, finish, warm)
         usage, timings = finish.usage, finish.timings
-        stats = self.stats[model]
         if usage.completion_tokens > 1 and timings.predicted_ms > 0:
             self.last_tokens_per_s = timings.per_second(usage)["predicted_per_second"]
-            stats.decode_rate.add(timings.predicted_ms / 1000.0, usage.completion_tokens - 1)
-        evaluated = usage.prompt_tokens - usage.cached_tokens
-        if warm and evaluated >= MIN_PROMPT_SAMPLE and timings.prompt_ms > 0:
-            stats.prompt_fit.add(evaluated, timings.prompt_ms / 1000.0)
-        if finish.reason != "cancelled":
-            stats.completion_tokens = scheduler.ewma(stats.completion_tokens, float(usage.completion_tokens))
-        if usage.prompt_tokens:
-            stats.cached_share = scheduler.ewma(stats.cached_share, usage.cached_tokens / usage.prompt_tokens)
-            if chars >= MIN_PROMPT_SAMPLE:
-                stats.char_rate.add(usage.prompt_tokens, chars)
-        self.queue.speeds[model] = scheduler.Speed(
-            stats.prompt_s_per_token,
-            stats.decode_s_per_token,
-            stats.completion_tokens,
-            stats.cached_share or 0.0,
-            stats.load_s,
-            stats.prompt_overhead_s or 0.0,
-        )
         if timings.suspensions:
             self.queue.suspension.paused_ms_total += timings.paused_ms
             self.queue.suspension.cost_ms_total += timings.suspend_cost_ms

@@ -100,6 +100,7 @@ class GenerationControl:
             return
         self.ended = True
         self._send = None
+        self.suspended = None  # a stream that ended while paused is not paused any more
         self._settle(None)
         self._changed()
 
