@@ -10,7 +10,10 @@ command, the truth of a spoken answer about state, loops and errors.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +31,20 @@ def ha_python() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+def _last_row(ledger: Path) -> int:
+    if not ledger.exists():
+        return 0
+    with sqlite3.connect(ledger) as conn:
+        try:
+            return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0])
+        except sqlite3.OperationalError:  # no table yet: nothing was served
+            return 0
+
+
 @pytest.mark.timeout(2400)  # Home Assistant's set-up on a fresh machine, then eight turns on 2 cores
 def test_assist_through_auto_acts_on_the_house_and_tells_the_truth(ha_python: str, ha: Daemon) -> None:
+    ledger = ha.log_path.parent / "usage.sqlite3"
+    before = _last_row(ledger)
     lines = run_driver(ha_python, ha.url, "auto:latest", CONVERSATION, timeout=1500)
     setup = lines[0]
     assert setup["ha_version"] == "2026.11.0" and setup["entry_state"].endswith("LOADED"), setup
@@ -41,3 +56,9 @@ def test_assist_through_auto_acts_on_the_house_and_tells_the_truth(ha_python: st
     log = ha.log()
     # HA asked for num_ctx 8192: the model was reloaded at it instead of silently running at 4096
     assert "context 4096 -> 8192" in log
+    # every Assist turn queued as a voice turn: Home Assistant's conversation agent speaks the Ollama chat
+    # API, which is interactive unless a header, route or key says otherwise (none does here)
+    time.sleep(1.0)  # rows are written just after each response
+    with sqlite3.connect(ledger) as conn:
+        rows = conn.execute("SELECT priority, priority_reason FROM usage WHERE rowid > ?", (before,)).fetchall()
+    assert rows and set(rows) == {("interactive", "Ollama chat: voice default")}, rows

@@ -288,3 +288,23 @@ async def test_a_background_client_that_leaves_while_suspended_frees_its_place(
     assert isinstance(voice_events[-1], Finish)
     await until(lambda: sup.state is SlotState.READY)
     assert isinstance((await run(sup, pieces("next", 2), N))[-1], Finish)
+
+
+async def test_a_generation_paused_for_the_starvation_bound_then_finishes_unpaused(
+    make_supervisor: MakeSupervisor, world: World
+) -> None:
+    sup = await started(make_supervisor(starvation="300ms"))
+    world.token_s = 0.01
+    bg = asyncio.create_task(run(sup, pieces("bg", 40), B))
+    await streaming(sup)
+    # voice turns of ~100 ms each, one after the other for a second: far longer than the bound
+    voice: list[asyncio.Task[list[Event]]] = []
+    for i in range(10):
+        voice.append(asyncio.create_task(run(sup, pieces(f"voice{i}", 10), I, deadline=30)))
+        await asyncio.sleep(0.1)
+    events = await asyncio.wait_for(bg, 20)
+    await asyncio.wait_for(asyncio.gather(*voice), 20)
+    finish = events[-1]
+    assert isinstance(finish, Finish) and text(events) == "".join(f"bg{i} " for i in range(40))
+    # paused once, resumed at the bound, then left to finish: not paused again after every token
+    assert finish.timings.suspensions == 1

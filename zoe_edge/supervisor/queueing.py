@@ -457,6 +457,10 @@ class SlotQueue:
                 self._wake.set()  # that one gave up; look again
             return
         log.info("resuming the background generation for %r: %s", paused.model, why)
+        if time.monotonic() - paused.paused_since >= self.admission.starvation:
+            # it yielded for a whole starvation bound: it finishes now, or a stream of voice turns
+            # would pause it again after every token
+            paused.suspend_refused = True
         self.suspended = None
         self.holder = paused
         paused.paused_since = None
