@@ -138,3 +138,26 @@ def test_property_names_against_a_siblings_additional_properties_degrade(schema:
     assert not compiled.exact
     assert any("propertyNames" in d for d in compiled.degraded), compiled.degraded
     _objects(schema)  # still valid under what it does enforce
+
+
+# maxProperties was held by "only the declared names are generated" and then left out of the core,
+# so an allOf sibling's properties came through uncounted (hypothesis, in a CI run of issue 18)
+
+
+def test_max_properties_counts_the_properties_of_allof_siblings() -> None:
+    kind = {"type": "object", "properties": {"kind": {"enum": ["a"]}, "n": {"type": "integer"}}, "required": ["kind"]}
+    other = {"type": "object", "properties": {"kind": {"enum": ["b"]}, "s": S}, "required": ["kind"]}
+    schema = {"allOf": [{"properties": {}, "maxProperties": 1}, {"oneOf": [kind, other]}]}
+    compiled = compile_schema(schema)
+    # two names may be generated under a limit of one: said, not claimed exact
+    assert not compiled.exact
+    assert any("maxProperties" in d for d in compiled.degraded), compiled.degraded
+    _objects(schema)
+
+
+def test_max_properties_still_holds_when_the_siblings_stay_under_it() -> None:
+    schema = {"allOf": [{"properties": {}, "maxProperties": 2}, {"properties": {"a": S, "b": S}}]}
+    compiled = compile_schema(schema)
+    assert compiled.exact, compiled.degraded
+    assert compiled.effective.get("maxProperties") == 2 or "maxProperties" in json.dumps(compiled.effective)
+    assert all(len(v) <= 2 for v in _objects(schema))

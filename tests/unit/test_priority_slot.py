@@ -308,3 +308,21 @@ async def test_a_generation_paused_for_the_starvation_bound_then_finishes_unpaus
     assert isinstance(finish, Finish) and text(events) == "".join(f"bg{i} " for i in range(40))
     # paused once, resumed at the bound, then left to finish: not paused again after every token
     assert finish.timings.suspensions == 1
+
+
+async def test_one_worker_death_under_a_suspension_counts_once_towards_the_crash_loop(
+    make_supervisor: MakeSupervisor, world: World
+) -> None:
+    sup = await started(make_supervisor())
+    world.token_s = 0.01
+    bg = asyncio.create_task(run(sup, pieces("bg", 200), B))
+    await streaming(sup)
+    world.token_s = 0.05
+    voice = asyncio.create_task(run(sup, pieces("voice", 40), I, deadline=2))
+    await until(lambda: sup.queue.suspended is not None)
+    await asyncio.sleep(0.12)  # the interactive request has streamed: its crash is not retried
+    await world.workers[-1].kill()
+    await asyncio.wait_for(asyncio.gather(bg, voice), 10)
+    # two streams ended with the one death: one crash on the record, no crash-loop back-off
+    assert len(sup.stats["a"].crashes) == 1
+    assert "a" not in sup.failures

@@ -81,6 +81,7 @@ class SlotQueue:
         self.predictions = PredictionLog()
         self.suspension = SuspensionStats()
         self._preempting: asyncio.Task[None] | None = None
+        self._crash_reported: collections.deque[int] = collections.deque(maxlen=8)  # workers whose death counted
         self.ttl_override: dict[str, float | None] = {}
         self.closing = False
         self._wake = asyncio.Event()
@@ -271,7 +272,7 @@ class SlotQueue:
             stats = self.loader.stats[model]
             stats.requests += 1
             stats.service_s = scheduler.ewma(stats.service_s, elapsed)
-        if crashed and model is not None:
+        if crashed and model is not None and self._first_to_report(ticket):
             self.loader.stats[model].crashes.append(time.monotonic())
         if ticket is self.suspended:
             # it ended while paused (its client left, or the worker died): nothing to resume
@@ -282,6 +283,21 @@ class SlotQueue:
         if self.holder is None and self.suspended is None and self.loader.state is SlotState.BUSY:
             self.loader.machine.move(SlotState.READY, f"{model!r} released the slot")
         self._wake.set()
+
+    def _first_to_report(self, ticket: Ticket) -> bool:
+        """Whether this ticket is the first to report its worker's death: a worker that dies while a
+        generation is suspended ends two streams, and one death must count once towards the crash loop."""
+        granted = ticket.granted
+        if not granted.done() or granted.cancelled() or granted.exception() is not None:
+            return True
+        worker = granted.result()
+        if worker is None or worker.pid is None:
+            return True
+        key = worker.pid
+        if key in self._crash_reported:
+            return False
+        self._crash_reported.append(key)
+        return True
 
     # --- the scheduler loop (the only code that loads and unloads) -----------------------------
 

@@ -260,6 +260,13 @@ class CoreAlgebra:
             elif out["additionalProperties"] is not False:
                 # the grammar's extra members take any name that is not declared
                 self.note(f"{path}: keyword 'propertyNames' is not enforced on additional properties")
+        limits = [c["maxProperties"] for c in (a, b) if "maxProperties" in c]
+        if limits:
+            live = [n for n, p in props.items() if p is not False]
+            if out.get("additionalProperties") is None and len(live) <= min(limits):
+                out["maxProperties"] = min(limits)
+            else:
+                self.note(f"{path}: keyword 'maxProperties' is not enforced")
         return self.finish_object(out)
 
     def kinds(self, core: Core, depth: int = 0) -> set[str]:

@@ -272,8 +272,13 @@ class _Lowerer(CoreAlgebra):
         closed = extra is None or extra is False
         if "minProperties" in s and len(required) < s["minProperties"]:
             self.note(f"{path}: keyword 'minProperties' is not enforced")
-        if "maxProperties" in s and not (closed and len(declared) <= s["maxProperties"]):
-            self.note(f"{path}: keyword 'maxProperties' is not enforced")
+        if "maxProperties" in s:
+            if not (closed and len(declared) <= s["maxProperties"]):
+                self.note(f"{path}: keyword 'maxProperties' is not enforced")
+            elif extra is None and isinstance(result, dict):
+                # held by generating the declared names only, which an allOf sibling may add to:
+                # the intersection counts them again (CoreAlgebra.intersect_objects)
+                result["maxProperties"] = s["maxProperties"]
         return result
 
     # --- references ----------------------------------------------------------------------------
